@@ -1,0 +1,147 @@
+"""One training loop for all three networks: shuffled batches from tensors already on
+the device, Adam, ExponentialLR stepped once per epoch, a checkpoint after every
+checkpoint epoch, and resume from the last one (so a retried task picks up where
+it stopped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from difflab.config import TrainingPlan
+from difflab.unet import build_model
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+"""loss_fn(model, images, labels, generator) -> scalar loss."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    step_losses: list[float]
+    lr: float
+    global_step: int
+    checkpoint: Path | None = None
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.step_losses) / max(1, len(self.step_losses))
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    losses: list[float] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def save_checkpoint(path: Path, model: nn.Module, kind: str, extra: dict | None = None, **state) -> Path:
+    """A self-describing checkpoint: enough to rebuild the model without its config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"kind": kind, "init_kwargs": model.init_kwargs(), "state_dict": model.state_dict(),
+               "extra": extra or {}, **state}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a network from a checkpoint written by `save_checkpoint`; returns (model in eval mode, extra)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found; train a model first (difflab part-b) or give its path")
+    payload = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(payload["kind"], **payload["init_kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload.get("extra", {})
+
+
+def checkpoint_epochs(plan: TrainingPlan) -> set[int]:
+    """One checkpoint per configured (course) epoch: every epoch unless epochs were scaled up."""
+    every = max(1, math.ceil(plan.epoch_scale))
+    return {e for e in range(1, plan.epochs + 1) if e % every == 0} | {plan.epochs}
+
+
+def fit(
+    kind: str,
+    model_kwargs: dict,
+    loss_fn: LossFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    plan: TrainingPlan,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: Callable[[nn.Module, EpochResult], None] | None = None,
+    extra: dict | None = None,
+) -> TrainResult:
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_model(kind, **model_kwargs).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=plan.lr_gamma)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    images, labels = images.to(device), labels.to(device)
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("no training images; check the data stage's output")
+
+    start_epoch, losses = 0, []
+    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if last is not None and last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["gen_state"].cpu())
+        shuffle_gen.set_state(state["shuffle_state"].cpu())
+        start_epoch, losses = state["epoch"], state["losses"]
+
+    ckpt_epochs = checkpoint_epochs(plan)
+    step = start_epoch * plan.steps_per_epoch
+    for epoch in range(start_epoch + 1, plan.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=shuffle_gen).to(device)
+        epoch_losses = []
+        lr_now = optimizer.param_groups[0]["lr"]
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            loss = loss_fn(model, images[idx], labels[idx], gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_losses.append(loss.item())
+            step += 1
+        scheduler.step()
+        losses.extend(epoch_losses)
+        ckpt = None
+        if checkpoint_dir is not None:
+            state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         gen_state=gen.get_state(), shuffle_state=shuffle_gen.get_state(),
+                         epoch=epoch, losses=losses)
+            save_checkpoint(last, model, kind, extra, **state)
+            if epoch in ckpt_epochs:
+                ckpt = save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, kind, extra, epoch=epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(model, EpochResult(epoch, epoch_losses, lr_now, step, ckpt))
+    model.eval()
+    return TrainResult(model=model, losses=losses, resumed_from_epoch=start_epoch)

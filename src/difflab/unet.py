@@ -187,3 +187,7 @@ def build_model(kind: str, **kwargs) -> _UNetBackbone:
 
 def one_hot(labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels.long(), num_classes).float()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

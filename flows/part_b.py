@@ -1,0 +1,97 @@
+"""Part B: MNIST data -> single-step denoiser -> time-conditioned DDPM -> class-conditioned DDPM -> samples.
+
+One flow run is one parent MLflow run; each stage is a nested run. Each stage is
+also a flow of its own, runnable alone with the same config.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from difflab import tracking
+from difflab.config import PartBConfig, flatten_params
+from difflab.data import MnistData
+from tasks.data import prepare_data
+from tasks.refs import DataRef, StageRef
+from tasks.sampling import sample_stage
+from tasks.training import STAGE_NAMES, train_class_ddpm, train_denoiser, train_time_ddpm
+
+TRAINERS = {"denoiser": train_denoiser, "time": train_time_ddpm, "class": train_class_ddpm}
+
+
+def _log_data(data: DataRef, parent_run_id: str) -> None:
+    mnist = MnistData.load(data.path)
+    tracking.log_params({"data.source_used": data.source, "data.n_train": data.n_train, "data.n_test": data.n_test,
+                         "data.checksum": data.checksum}, parent_run_id)
+    tracking.log_tags({"data_source": data.source, "data_checksum": data.checksum}, parent_run_id)
+    for split, images, labels in (("training", mnist.train_images, mnist.train_labels),
+                                  ("evaluation", mnist.test_images, mnist.test_labels)):
+        tracking.log_dataset(images.numpy(), labels.numpy(), f"mnist-{data.source}-{split}", data.checksum,
+                             data.detail or data.source, split)
+
+
+def _parent_tags(config: PartBConfig, flow_name: str) -> dict:
+    from difflab.train import pick_device
+    import torch
+
+    device = pick_device(config.device)
+    return {"flow": flow_name, "profile": config.profile, "git_commit": tracking.git_commit(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def run_stage(config: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:
+    ref = TRAINERS[stage](config, data, parent_run_id)
+    name = STAGE_NAMES[stage]
+    tracking.log_metrics({f"{name}.{k}": v for k, v in ref.metrics.items()}, run_id=parent_run_id)
+    tracking.log_tags({f"{name}.run_id": ref.run_id, f"{name}.reused": ref.reused}, parent_run_id)
+    if stage != "denoiser":
+        sample_run = sample_stage(config, ref, parent_run_id)
+        tracking.log_tags({f"{name}.sample_run_id": sample_run}, parent_run_id)
+    return ref
+
+
+def _stage_flow(stage: str):
+    @flow(name=f"train_{STAGE_NAMES[stage]}", log_prints=True)
+    def stage_flow(config: PartBConfig | None = None, data: DataRef | None = None,
+                   parent_run_id: str | None = None) -> StageRef:
+        config = config or PartBConfig()
+        if parent_run_id is not None and data is not None:
+            return run_stage(config, stage, data, parent_run_id)
+        tracking.configure(config.tracking)
+        with tracking.run(f"{STAGE_NAMES[stage]}-{config.profile}", config.tracking.experiment,
+                          tags=_parent_tags(config, STAGE_NAMES[stage])) as parent:
+            tracking.log_params(flatten_params(config))
+            data = data or prepare_data(config.data)
+            _log_data(data, parent)
+            return run_stage(config, stage, data, parent)
+
+    return stage_flow
+
+
+train_denoiser_flow = _stage_flow("denoiser")
+train_time_ddpm_flow = _stage_flow("time")
+train_class_ddpm_flow = _stage_flow("class")
+STAGE_FLOWS = {"denoiser": train_denoiser_flow, "time": train_time_ddpm_flow, "class": train_class_ddpm_flow}
+
+
+@flow(name="part_b", log_prints=True)
+def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) -> dict:
+    """Every Part B stage in order; returns the parent run id and each stage's run id."""
+    config = config or PartBConfig()
+    tracking.configure(config.tracking)
+    log = get_run_logger()
+    with tracking.run(f"part_b-{config.profile}", config.tracking.experiment, parent_run_id,
+                      tags=_parent_tags(config, "part_b")) as parent:
+        tracking.log_params(flatten_params(config))
+        data = prepare_data(config.data)
+        _log_data(data, parent)
+        refs = {stage: STAGE_FLOWS[stage](config, data, parent) for stage in config.stages}
+    log.info("Part B done: MLflow run %s — %s", parent, tracking.ui_hint())
+    return {"run_id": parent, "data": data.model_dump(),
+            "stages": {s: r.model_dump() for s, r in refs.items()}}
+
+
+if __name__ == "__main__":
+    from difflab.cli import main
+
+    raise SystemExit(main(["part-b", *__import__("sys").argv[1:]]))

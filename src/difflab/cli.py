@@ -1,0 +1,154 @@
+"""The `difflab` command: run any flow with a profile and KEY=VALUE overrides.
+
+    difflab part-b --profile quick --set class_ddpm.epochs=3
+    difflab pipeline                     # Part B, then Part A on the model it trained
+    difflab compare --experiment difflab
+
+Errors the user can fix are printed as one line with the fix, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from difflab.config import deep_merge, parse_overrides
+
+# subcommand -> (flow "module:function", config "module:Class", help)
+FLOWS: dict[str, tuple[str, str, str]] = {
+    "part-b": ("flows.part_b:part_b", "difflab.config:PartBConfig", "train, sample and log all of Part B"),
+    "train-denoiser": ("flows.part_b:train_denoiser_flow", "difflab.config:PartBConfig", "the single-step denoiser"),
+    "train-time-ddpm": ("flows.part_b:train_time_ddpm_flow", "difflab.config:PartBConfig", "the time-conditioned DDPM"),
+    "train-class-ddpm": ("flows.part_b:train_class_ddpm_flow", "difflab.config:PartBConfig",
+                         "the class-conditioned DDPM"),
+    "part-a": ("flows.part_a:part_a", "difflab.edits.config:PartAConfig", "Part A sampling and edits"),
+    "pipeline": ("flows.pipeline:pipeline", "flows.pipeline:PipelineConfig", "Part B, then Part A on its model"),
+    "compare": ("flows.compare:compare", "flows.compare:CompareConfig", "compare runs side by side"),
+    "sweep": ("flows.sweep:sweep", "flows.sweep:SweepConfig", "fan out deployment runs over a grid"),
+}
+
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    _ensure_repo_on_path()
+    return getattr(importlib.import_module(module), name)
+
+
+def _ensure_repo_on_path() -> None:
+    """flows/ and tasks/ live at the repository root, beside src/."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "flows").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
+def _read_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {path} not found; give a JSON or YAML file of config values")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def build_config(config_ref: str, args: argparse.Namespace):
+    raw: dict = {}
+    if args.config:
+        raw = _read_config_file(args.config)
+    overrides = parse_overrides(args.set or [])
+    if getattr(args, "profile", None):
+        overrides["profile"] = args.profile
+    for flag in ("force", "device"):
+        value = getattr(args, flag, None)
+        if value:
+            overrides[flag] = value
+    return _load(config_ref).model_validate(deep_merge(raw, overrides))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="named profile: auto (default), course, quick or tiny")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set class_ddpm.epochs=3 (repeatable)")
+    p.add_argument("--config", help="a JSON or YAML file of config values (overrides apply on top)")
+    p.add_argument("--force", action="store_true", default=None, help="retrain stages even if unchanged")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="difflab", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (_, _, help_text) in FLOWS.items():
+        _add_common(sub.add_parser(name, help=help_text))
+    stack = sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack", add_help=False)
+    stack.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from difflab.data import DataSourceError
+
+    types: list[type[BaseException]] = [FileNotFoundError, ValueError, DataSourceError, ValidationError]
+    try:
+        from difflab.edits.backend import BackendUnavailable
+
+        types.append(BackendUnavailable)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of the message (pydantic's: its first error in full)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:3]) if type(exc).__name__ == "ValidationError" else lines[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from difflab.tracking import quiet_environment
+
+    quiet_environment()
+    args = parser().parse_args(argv)
+    if args.command == "stack":
+        from difflab.stack import main as stack_main
+
+        return stack_main(args.rest)
+    flow_ref, config_ref, _ = FLOWS[args.command]
+    try:
+        config = build_config(config_ref, args)
+    except _user_error_types() as exc:
+        print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    flow = _load(flow_ref)
+    state = flow(config=config, return_state=True)
+    if state.is_completed():
+        result = state.result()
+        run_id = result.get("run_id") if isinstance(result, dict) else None
+        if run_id:
+            from difflab import tracking
+
+            tracking.configure(getattr(config, "tracking", None))
+            print(f"MLflow run {run_id}: {tracking.run_url(run_id)}\n{tracking.ui_hint()}")
+        return 0
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, BaseException):
+        print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
+    else:
+        print(f"difflab: {args.command} ended {state.type.value}: {state.message}", file=sys.stderr)
+    return 2 if isinstance(exc, _user_error_types()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The one module that talks to MLflow.
+
+Runs are addressed by id, never through a shared "active run" across threads:
+each task opens its own run context by id, so Prefect may run tasks anywhere.
+Default store: sqlite:///mlflow.db with artifacts under ./mlruns; MLFLOW_TRACKING_URI
+(or the config) points everything at a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from difflab.config import TrackingConfig
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlruns"
+CACHE_KEY_TAG = "difflab.cache_key"
+STAGE_TAG = "difflab.stage"
+REUSED_TAG = "difflab.reused_from"
+ERROR_TAG = "difflab.error"
+_BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
+_PARAM_MAX = 6000
+
+
+def quiet_environment() -> None:
+    """Turn off telemetry that otherwise prints tracebacks and locks sqlite."""
+    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "DO_NOT_TRACK": "1", "GIT_PYTHON_REFRESH": "quiet"}.items():
+        os.environ.setdefault(key, value)
+
+
+def tracking_uri(cfg: TrackingConfig | None = None) -> str:
+    return (cfg.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def configure(cfg: TrackingConfig | None = None) -> str:
+    quiet_environment()
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """Get or create the experiment; local sqlite stores keep artifacts under ./mlruns."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (Path(DEFAULT_ARTIFACT_DIR).resolve() / "experiments" / name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None) -> Iterator[str]:
+    """Open (or reopen, with run_id) a run in this thread; it ends FAILED if the body raises."""
+    if run_id is None:
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run_id = MlflowClient().create_run(experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
+    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    try:
+        yield run_id
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:_PARAM_MAX])
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    else:
+        active.__exit__(None, None, None)
+
+
+def reopen(run_id: str) -> contextlib.AbstractContextManager[str]:
+    """Log more into an existing run (e.g. the parent carrying headline metrics)."""
+    info = MlflowClient().get_run(run_id).info
+    return run(info.run_name, mlflow.get_experiment(info.experiment_id).name, run_id=run_id)
+
+
+def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    rid = run_id or mlflow.active_run().info.run_id
+    items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        MlflowClient().log_batch(rid, params=items[i:i + 100])
+
+
+def log_tags(tags: Mapping[str, Any], run_id: str | None = None) -> None:
+    rid = run_id or mlflow.active_run().info.run_id
+    MlflowClient().log_batch(rid, tags=[RunTag(k, str(v)[:_PARAM_MAX]) for k, v in tags.items()])
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    rid = run_id or mlflow.active_run().info.run_id
+    now = _now_ms()
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    for i in range(0, len(items), _BATCH):
+        MlflowClient().log_batch(rid, metrics=items[i:i + _BATCH])
+
+
+def log_series(key: str, values: Sequence[float], first_step: int, run_id: str | None = None) -> None:
+    """Per-step values (e.g. every optimizer step's loss) in a few batched calls."""
+    rid = run_id or mlflow.active_run().info.run_id
+    now = _now_ms()
+    items = [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
+    for i in range(0, len(items), _BATCH):
+        MlflowClient().log_batch(rid, metrics=items[i:i + _BATCH])
+
+
+def log_image(image, name: str, step: int | None = None) -> None:
+    """A stepped image (scrubbable by step in the MLflow UI) when step is given, else images/<name>.png."""
+    if step is None:
+        mlflow.log_image(image, artifact_file=f"images/{name}.png")
+    else:
+        mlflow.log_image(image, key=name, step=int(step), synchronous=True)
+
+
+def log_file(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_model(model, registered_name: str | None = None) -> str:
+    """Log a torch model under `model` (fast: explicit pip requirements) and register it."""
+    import logging
+
+    import torch
+
+    # pickle, not MLflow's default pt2 export: the UNets take (x, t, c) and need no tracing to reload.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    info = mlflow.pytorch.log_model(
+        model.cpu(), name="model", registered_model_name=registered_name, serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+    return info.model_uri
+
+
+def log_dataset(features, targets, name: str, digest: str, source: str, context: str) -> None:
+    dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest, source=source)
+    mlflow.log_input(dataset, context=context)
+
+
+def find_cached_run(experiment: str, cache_key: str) -> str | None:
+    """The newest FINISHED run carrying this cache key, if any."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{CACHE_KEY_TAG}` = '{cache_key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def get_run(run_id: str):
+    return MlflowClient().get_run(run_id)
+
+
+def download(run_id: str, artifact_path: str, dst: str | Path | None = None) -> Path:
+    dst = Path(dst or tempfile.mkdtemp(prefix="difflab-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+
+
+def latest_model_version(name: str):
+    versions = MlflowClient().search_model_versions(f"name = '{name}'", order_by=["version_number DESC"],
+                                                    max_results=1)
+    return versions[0] if versions else None
+
+
+def search_runs(experiments: Sequence[str] | None = None, filter_string: str = "", run_ids: Sequence[str] = ()):
+    """Runs as a pandas DataFrame (mlflow.search_runs' layout), by experiment names, filter or ids."""
+    import pandas as pd
+
+    if run_ids:
+        frames = [mlflow.search_runs(experiment_ids=[get_run(r).info.experiment_id],
+                                     filter_string=f"attributes.run_id = '{r}'") for r in run_ids]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return mlflow.search_runs(experiment_names=list(experiments or []), filter_string=filter_string)
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def run_url(run_id: str) -> str:
+    """Where a person opens the run; for a local store, after `mlflow ui`."""
+    r = get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{r.info.experiment_id}/runs/{run_id}"
+
+
+def ui_hint() -> str:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("http"):
+        return f"open {uri} to browse runs"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000"
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def code_version(modules: Sequence[str] | None = None) -> str:
+    """A hash of library source files (all, or the named ones): a stage is retrained when its code changes."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    paths = [pkg / m for m in modules] if modules else sorted(pkg.rglob("*.py"))
+    for path in paths:
+        h.update(path.relative_to(pkg).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

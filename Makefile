@@ -1,4 +1,8 @@
 # Two entry points a newcomer needs: `make run` and `make test`.
+# pip's "Location ... is ignored" lines come from this machine's local mirrors: filtered, not hidden errors.
+QUIET := 2>&1 | { grep -v -e "is ignored: it is neither" -e "BuildBackendWarning" -e "return '\\n'.join" || true; }
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,16 +14,16 @@ export DO_NOT_TRACK := 1
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip $(QUIET)
 
 venv: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e . $(QUIET)
 
 dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' $(QUIET)
 
 run: venv
-	$(BIN)/difflab pipeline
+	$(BIN)/difflab part-b
 
 test: dev
 	$(BIN)/python -m pytest -q

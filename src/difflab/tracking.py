@@ -157,7 +157,11 @@ def log_model(model, registered_name: str | None = None) -> str:
 
 
 def log_dataset(features, targets, name: str, digest: str, source: str, context: str) -> None:
-    dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest, source=source)
+    """An MLflow input dataset; the source is described by tags (a path string is ambiguous to MLflow)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest,
+                                     source=CodeDatasetSource(tags={"difflab.data_source": source}))
     mlflow.log_input(dataset, context=context)
 
 

@@ -131,10 +131,11 @@ class DeepFloydBackend:
                  embeddings: str | Path | dict[str, torch.Tensor] | None = None, encode_prompts: bool = False,
                  device: torch.device | str = "auto", fp16: bool | None = None, cpu_offload: bool = False,
                  token: str | None = None, embedding_cache: str | Path = ".difflab/prompt_embeds",
-                 probe_timeout: float = 5.0):
+                 probe_timeout: float = 5.0, pipeline: Any = None):
+        """pipeline: an already built stage I IFPipeline (benchmarks, callers that hold one); skips loading stage1."""
         self._load = dict(device=device, fp16=fp16, cpu_offload=cpu_offload, token=token, probe_timeout=probe_timeout)
         self.stage1_source, self.stage2_source = str(stage1), (None if stage2 is None else str(stage2))
-        self.pipe = load_if_pipeline(stage1, 1, **self._load)
+        self.pipe = pipeline if pipeline is not None else load_if_pipeline(stage1, 1, **self._load)
         self._stage2 = None
         self.unet = self.pipe.unet
         self.device = torch.device(self.pipe._execution_device)

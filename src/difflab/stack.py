@@ -22,6 +22,7 @@ Settings: flags, else environment variables, else defaults:
     DIFFLAB_PREFECT_PORT                    4200
     DIFFLAB_MLFLOW_PORT                     5000
     DIFFLAB_WORKERS                         1
+    DIFFLAB_WORKER_LIMIT                    0 (no limit on concurrent flow runs per worker)
     DIFFLAB_MLFLOW_BACKEND_STORE_URI        sqlite:///<root>/mlflow.db  (e.g. postgresql://user:pw@host:5432/mlflow)
     DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION    <root>/mlruns               (e.g. s3://bucket/mlflow; MLFLOW_S3_ENDPOINT_URL for MinIO)
     DIFFLAB_PREFECT_API_URL                 set with --workers-only: the remote Prefect server's API
@@ -86,6 +87,8 @@ class Settings:
     deploy: bool = True
     startup_timeout: float = 180.0
     worker_poll_seconds: float = 5.0
+    worker_limit: int = 0
+    """Most flow runs one worker runs at once (0: no limit). A sweep's own run holds a slot while it waits."""
     mlflow_server_workers: int = 1
     prefect_scheduler: bool = True
 
@@ -389,8 +392,11 @@ def mlflow_server_cmd(s: Settings) -> list[str]:
 
 
 def worker_cmd(s: Settings, name: str) -> list[str]:
-    return [_bin("prefect"), "worker", "start", "--pool", s.pool, "--type", "process", "--name", name,
-            "--install-policy", "never"]
+    cmd = [_bin("prefect"), "worker", "start", "--pool", s.pool, "--type", "process", "--name", name,
+           "--install-policy", "never"]
+    if s.worker_limit > 0:
+        cmd += ["--limit", str(s.worker_limit)]
+    return cmd
 
 
 def _run_cli(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -603,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start only workers, for the servers named by --prefect-api-url and --tracking-uri")
     u.add_argument("--prefect-api-url", default=_env("DIFFLAB_PREFECT_API_URL", ""))
     u.add_argument("--tracking-uri", default=_env("DIFFLAB_TRACKING_URI", ""))
+    u.add_argument("--worker-limit", type=int, default=_env("DIFFLAB_WORKER_LIMIT", 0),
+                   help="most flow runs each worker runs at once (default 0: no limit)")
     u.add_argument("--worker-poll-seconds", type=float, default=_env("DIFFLAB_WORKER_POLL_SECONDS", 5.0))
     u.add_argument("--timeout", type=float, default=_env("DIFFLAB_STACK_TIMEOUT", 180.0),
                    help="seconds each component may take to become healthy")
@@ -632,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                          prefect_api_url=args.prefect_api_url if args.workers_only else "",
                          tracking_uri=args.tracking_uri if args.workers_only else "",
                          deploy=args.deploy, startup_timeout=args.timeout,
-                         worker_poll_seconds=args.worker_poll_seconds, prefect_scheduler=args.scheduler)
+                         worker_poll_seconds=args.worker_poll_seconds, worker_limit=args.worker_limit,
+                         prefect_scheduler=args.scheduler)
             up(s)
             return 0
         if args.command == "down":

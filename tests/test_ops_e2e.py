@@ -1,0 +1,284 @@
+"""End to end on loopback: the real Prefect server, two process workers and the MLflow server.
+
+`python -m difflab.stack up` starts them (sqlite backend, local artifact root, ports
+picked free, PREFECT_HOME in a temp dir, scheduler off so no cron run can start),
+registers the deployments of prefect.yaml, and the tests then
+- check every registered deployment carries prefect.yaml's cron schedules;
+- trigger `part_b/tiny` by name with the Prefect CLI, wait for it, and check through
+  MLflow's REST API that the run, its params, metrics, images, checkpoint and model are there;
+- trigger the sweep deployment over a two-point grid, and check that its runs ran in
+  parallel on the pool, completed, were compared, and are tagged in MLflow.
+The tiny run and the sweep are triggered together and run side by side. Teardown stops
+the stack and checks that no process carrying its id is left, pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from difflab import stack as stackmod
+
+ROOT = Path(__file__).resolve().parents[1]
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RUN_TIMEOUT_S = 300
+SWEEP_PARAMS = {"config": {"base": {"profile": "tiny", "stages": ["denoiser"], "force": True},
+                           "grid": {"seed": [1, 2]}, "poll_s": 1, "timeout_s": RUN_TIMEOUT_S}}
+
+
+def ops_env(prefect_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_TRACKING", "DIFFLAB_STACK"))}
+    env.update(stackmod.QUIET_ENV)
+    env["PREFECT_HOME"] = str(prefect_home)
+    return env
+
+
+def prefect_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([stackmod._bin("prefect"), "--no-prompt", *args], env=env, cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def trigger(env: dict[str, str], deployment: str, params: dict | None = None) -> str:
+    """`prefect deployment run <flow/deployment>`, as a person would; returns the flow run id."""
+    args = ["deployment", "run", deployment]
+    if params is not None:
+        args += ["--params", json.dumps(params)]
+    res = prefect_cli(env, *args)
+    assert res.returncode == 0, f"prefect deployment run {deployment} failed:\n{res.stdout}\n{res.stderr}"
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", res.stdout)
+    assert match, f"no flow run id in:\n{res.stdout}"
+    return match.group(1)
+
+
+def flow_run_logs(api: str, flow_run_id: str, limit: int = 60) -> str:
+    try:
+        logs = stackmod.http_json("POST", f"{api}/logs/filter", {
+            "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_DESC", "limit": limit})
+    except Exception as exc:  # diagnostics only
+        return f"(logs unavailable: {exc})"
+    return "\n".join(f"{entry['timestamp']} {entry['message']}" for entry in reversed(logs))
+
+
+def wait_flow_run(info: dict, flow_run_id: str, timeout: float = RUN_TIMEOUT_S) -> dict:
+    api = info["api"]
+    deadline = time.monotonic() + timeout
+    while True:
+        fr = stackmod.http_json("GET", f"{api}/flow_runs/{flow_run_id}")
+        if fr["state_type"] in FINAL:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"flow run {fr['name']} still {fr['state_type']} after {timeout:.0f}s\n"
+                        f"{flow_run_logs(api, flow_run_id)}\n{info['stack'].log_tail('worker-1')}")
+        time.sleep(1.0)
+    if fr["state_type"] != "COMPLETED":
+        pytest.fail(f"flow run {fr['name']} ended {fr['state_type']}: {fr['state'].get('message')}\n"
+                    f"--- flow run logs ---\n{flow_run_logs(api, flow_run_id)}\n"
+                    f"--- worker-1 ---\n{info['stack'].log_tail('worker-1')}\n"
+                    f"--- worker-2 ---\n{info['stack'].log_tail('worker-2')}")
+    return fr
+
+
+class MlflowRest:
+    """MLflow's REST API, as any client in another language would use it."""
+
+    def __init__(self, base: str):
+        self.base = base.rstrip("/")
+        self.api = self.base + "/api/2.0/mlflow"
+
+    def get(self, endpoint: str, **query) -> dict:
+        return stackmod.http_json("GET", f"{self.api}/{endpoint}?{urllib.parse.urlencode(query)}")
+
+    def post(self, endpoint: str, body: dict) -> dict:
+        return stackmod.http_json("POST", f"{self.api}/{endpoint}", body)
+
+    def experiment_id(self, name: str) -> str:
+        return self.get("experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"]
+
+    def search(self, experiment_id: str, filter_string: str = "") -> list[dict]:
+        return self.post("runs/search", {"experiment_ids": [experiment_id], "filter": filter_string,
+                                         "max_results": 1000}).get("runs", [])
+
+    def artifacts(self, run_id: str, path: str = "") -> list[dict]:
+        query = {"run_id": run_id, **({"path": path} if path else {})}
+        return self.get("artifacts/list", **query).get("files", [])
+
+    def artifact_bytes(self, run_id: str, path: str) -> bytes:
+        url = f"{self.base}/get-artifact?{urllib.parse.urlencode({'path': path, 'run_uuid': run_id})}"
+        status, body = stackmod.http_get(url, timeout=30)
+        assert status == 200, f"GET {url}: {status}"
+        return body
+
+
+def run_tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def run_params(run: dict) -> dict[str, str]:
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+
+def run_metrics(run: dict) -> dict[str, float]:
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+
+@pytest.fixture(scope="module")
+def ops_stack(tmp_path_factory):
+    state = tmp_path_factory.mktemp("stack")
+    env = ops_env(state / "prefect-home")
+    pport, mport = stackmod.free_port(), stackmod.free_port()
+    cmd = [sys.executable, "-m", "difflab.stack", "--state-dir", str(state), "up",
+           "--prefect-port", str(pport), "--mlflow-port", str(mport), "--workers", "2",
+           "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+           "--artifacts-destination", str(state / "artifacts"),
+           "--worker-poll-seconds", "1", "--no-scheduler", "--timeout", "150"]
+    stack_id = None
+    try:
+        res = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=360,
+                             stdin=subprocess.DEVNULL)
+        st = stackmod.Stack(state)
+        stack_id = st.state.get("id")
+        assert res.returncode == 0, f"stack up failed:\n{res.stdout}\n{res.stderr}"
+        api = st.state["prefect_api_url"]
+        env["PREFECT_API_URL"] = api
+        yield {"state": state, "env": env, "api": api, "mlflow": MlflowRest(st.state["tracking_uri"]),
+               "stack": st, "up_output": res.stdout}
+    finally:
+        st = stackmod.Stack(state)
+        stack_id = stack_id or st.state.get("id")
+        st.stop(timeout=20)
+        if stack_id:
+            left = stackmod._pids_with_env(stack_id)
+            assert not left, f"processes of the stack still running after down: {left}"
+
+
+@pytest.fixture(scope="module")
+def triggered(ops_stack):
+    """Trigger the tiny run and the sweep at once: they run side by side on the two workers."""
+    env = ops_stack["env"]
+    return {"tiny": trigger(env, "part_b/tiny"),
+            "sweep": trigger(env, "sweep/guidance-seed-width", SWEEP_PARAMS)}
+
+
+def test_stack_status_reports_healthy(ops_stack):
+    res = subprocess.run([sys.executable, "-m", "difflab.stack", "--state-dir", str(ops_stack["state"]), "status"],
+                         env=ops_stack["env"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Prefect API     healthy" in res.stdout and "MLflow server   healthy" in res.stdout
+    workers = stackmod.worker_names(ops_stack["api"], "difflab")
+    assert len(workers) == 2, workers
+
+
+def test_scheduled_deployments_exist_with_their_cron(ops_stack):
+    declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    registered = stackmod.http_json("POST", f"{ops_stack['api']}/deployments/filter", {})
+    flows = {f["id"]: f["name"] for f in stackmod.http_json("POST", f"{ops_stack['api']}/flows/filter", {})}
+    by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in registered}
+
+    expected = 0
+    for d in declared:
+        path, _, func = d["entrypoint"].partition(":")
+        if not (ROOT / path).is_file():
+            continue  # the stack skips flows that do not exist yet (and says so)
+        expected += 1
+        name = f"{func}/{d['name']}"
+        assert name in by_name, f"{name} not registered; registered: {sorted(by_name)}"
+        got = by_name[name]
+        assert got["work_pool_name"] == "difflab"
+        assert got["parameters"] == d.get("parameters", {})
+        want = sorted((s["cron"], s.get("timezone"), s.get("active", True)) for s in d.get("schedules") or [])
+        have = sorted((s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in got["schedules"])
+        assert have == want, f"{name}: schedules {have} != prefect.yaml's {want}"
+        assert got["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
+                                      {"directory": "{{ $DIFFLAB_ROOT }}"}}]
+    assert expected >= 4  # part_b x3 and the sweep at least
+    assert by_name["part_b/nightly-quick"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert by_name["part_b/weekly-course"]["schedules"][0]["schedule"]["cron"] == "0 3 * * 6"
+
+
+def test_tiny_deployment_run_lands_in_mlflow(ops_stack, triggered):
+    fr = wait_flow_run(ops_stack, triggered["tiny"])
+    assert fr["parameters"] == {"config": {"profile": "tiny"}}
+
+    ml = ops_stack["mlflow"]
+    exp = ml.experiment_id("difflab")
+    parents = [r for r in ml.search(exp, "tags.flow = 'part_b' and tags.profile = 'tiny'")
+               if "mlflow.parentRunId" not in run_tags(r)]
+    assert len(parents) == 1, [r["info"]["run_name"] for r in parents]
+    parent = parents[0]
+    pid = parent["info"]["run_id"]
+    assert parent["info"]["status"] == "FINISHED"
+    assert parent["info"]["artifact_uri"].startswith("mlflow-artifacts:/"), "artifacts must go through the server"
+
+    params = run_params(parent)
+    assert params["profile"] == "tiny" and params["seed"] == "0"
+    metrics = run_metrics(parent)
+    for key in ("denoiser.final_loss", "time_ddpm.final_loss", "class_ddpm.final_loss"):
+        assert key in metrics and math.isfinite(metrics[key]) and metrics[key] > 0, (key, metrics)
+
+    children = {run_tags(r).get("difflab.stage"): r for r in ml.search(exp, f"tags.`mlflow.parentRunId` = '{pid}'")}
+    assert {"denoiser", "time_ddpm", "class_ddpm"} <= set(children), sorted(children)
+    for stage in ("denoiser", "time_ddpm", "class_ddpm"):
+        run = children[stage]
+        rid = run["info"]["run_id"]
+        assert run["info"]["status"] == "FINISHED"
+        assert "train_loss" in run_metrics(run)
+        checkpoints = [f["path"] for f in ml.artifacts(rid, "checkpoints")]
+        assert "checkpoints/final.pt" in checkpoints, checkpoints
+        images = [f["path"] for f in ml.artifacts(rid, "images") if f["path"].endswith(".png")]
+        assert images, f"no images logged in {stage}"
+        png = ml.artifact_bytes(rid, images[0])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        ckpt = ml.artifact_bytes(rid, "checkpoints/final.pt")
+        assert len(ckpt) > 1000 and ckpt[:2] == b"PK"  # torch.save's zip format
+
+    models = ml.post("logged-models/search", {"experiment_ids": [exp]}).get("models", [])
+    sources = {m["info"].get("source_run_id") for m in models}
+    assert sources & {r["info"]["run_id"] for r in children.values()}, "no model logged from the stage runs"
+
+
+def test_sweep_fans_out_in_parallel_and_compares(ops_stack, triggered):
+    api = ops_stack["api"]
+    sweep_fr = wait_flow_run(ops_stack, triggered["sweep"])
+    children = stackmod.http_json("POST", f"{api}/flow_runs/filter", {
+        "flow_runs": {"parent_flow_run_id": {"any_": [sweep_fr["id"]]}}})
+    # The sweep's child flow runs: part_b deployment runs tagged with the sweep.
+    points = [c for c in children if "sweep" in c["tags"] and c["deployment_id"]]
+    assert len(points) == 2, [c["name"] for c in children]
+    assert all(c["state_type"] == "COMPLETED" for c in points), [(c["name"], c["state_type"]) for c in points]
+    assert sorted(c["parameters"]["config"]["seed"] for c in points) == [1, 2]
+
+    spans = [(datetime.fromisoformat(c["start_time"]), datetime.fromisoformat(c["end_time"])) for c in points]
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, f"the sweep's runs did not overlap in time: {spans}"
+
+    artifacts = stackmod.http_json("POST", f"{api}/artifacts/filter", {
+        "artifacts": {"key": {"any_": ["sweep-results"]}, "flow_run_id": {"any_": [sweep_fr["id"]]}}})
+    assert artifacts, "no sweep-results table artifact"
+    rows = json.loads(artifacts[0]["data"]) if isinstance(artifacts[0]["data"], str) else artifacts[0]["data"]
+    assert len(rows) == 2 and all(r["state"] == "Completed" and r["mlflow_run_id"] for r in rows), rows
+    assert all(isinstance(r["denoiser.final_loss"], float) for r in rows), rows
+
+    ml = ops_stack["mlflow"]
+    exp = ml.experiment_id("difflab")
+    sweep_id = rows[0]["flow_run"].split("-")[1]
+    tagged = ml.search(exp, f"tags.`difflab.sweep` = '{sweep_id}'")
+    point_runs = [r for r in tagged if "difflab.sweep_point" in run_tags(r)]
+    assert sorted(r["info"]["run_id"] for r in point_runs) == sorted(r["mlflow_run_id"] for r in rows)
+    sweep_runs = [r for r in tagged if run_tags(r).get("flow") == "sweep"]
+    assert len(sweep_runs) == 1 and sweep_runs[0]["info"]["status"] == "FINISHED"
+    assert all(run_tags(r)["mlflow.parentRunId"] == sweep_runs[0]["info"]["run_id"] for r in point_runs)
+    assert sorted(run_params(r)["seed"] for r in point_runs) == ["1", "2"]
+    files = [f["path"] for f in ml.artifacts(sweep_runs[0]["info"]["run_id"], "sweep")]
+    assert "sweep/results.json" in files

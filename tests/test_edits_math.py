@@ -102,9 +102,16 @@ def test_inpainting_keeps_the_unmasked_pixels_and_fills_the_mask():
     image = _targets(1, seed=2)
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 8:20, 4:30] = 1
-    out = A.inpaint(OracleBackend(target), image, mask, cond="0", gamma=None).image
+    b = OracleBackend(target)
+    res = A.inpaint(b, image, mask, cond="0", gamma=None, keep_every=1)
+    out = res.image
     assert torch.equal(out * (1 - mask), image * (1 - mask))
     torch.testing.assert_close(out * mask, target * mask, atol=1e-4, rtol=0)
+    keep = (1 - mask).expand_as(image).bool()
+    for x, t in zip(res.frames[1:-1], res.frame_steps[1:-1]):  # the rest is the original noised to t
+        ab = b.alphas_cumprod[t]
+        z = ((x - ab.sqrt() * image) / (1 - ab).sqrt())[keep]
+        assert abs(float(z.std()) - 1) < 0.1 and abs(float(z.mean())) < 0.1, t
 
 
 def test_anagram_of_a_flip_symmetric_oracle_with_one_prompt_is_flip_symmetric():

@@ -93,7 +93,7 @@ def test_unreadable_images_and_bad_masks_are_one_line_errors(mnist, tmp_path):
     with pytest.raises(ValueError, match="cannot be read as an image") as e:
         load_image(tmp_path / "notes.png", mnist.image_shape, mnist.value_range)
     assert _one_line(e)
-    with pytest.raises(ValueError, match="make a 28x28 mask"):
+    with pytest.raises(ValueError, match="mask is 28x20 but the image is 28x28; make a 28x28"):
         load_mask(torch.zeros(20, 28), (28, 28))
     grey = torch.zeros(28, 28)
     grey[3, 3] = 0.5

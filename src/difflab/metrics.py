@@ -70,6 +70,8 @@ class Judge(nn.Module):
             nn.Flatten(), nn.Linear(2 * w * 7 * 7, cfg.feature_dim), nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, NUM_CLASSES))
+        self.train_seconds: float = 0.0
+        """Wall time train_judge spent, for logging beside the accuracy."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -187,11 +189,12 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> f
 
 @torch.no_grad()
 def denoiser_metrics(denoise_fn: DenoiseFn, images: torch.Tensor, sigmas: list[float] | float, seed: int = 0,
-                     batch_size: int = 500) -> dict[float, dict[str, float]]:
+                     batch_size: int = 500, device: str | torch.device = "cpu") -> dict[float, dict[str, float]]:
     """Test MSE and PSNR of x against D(x + sigma eps) for each sigma, with seeded noise.
 
     The PSNR is that of the pooled MSE over all images (not a mean of per-image PSNRs), so it
     ranks models exactly as the MSE does. The output is scored as returned, unclipped.
+    Noise is drawn on the CPU, so the numbers do not depend on the device the model runs on.
     """
     x = _as_input(images)
     results: dict[float, dict[str, float]] = {}
@@ -201,7 +204,7 @@ def denoiser_metrics(denoise_fn: DenoiseFn, images: torch.Tensor, sigmas: list[f
         for i in range(0, len(x), batch_size):
             batch = x[i:i + batch_size]
             eps = torch.randn(batch.shape, generator=generator)
-            out = denoise_fn(add_gaussian_noise(batch, sigma, eps)).detach().cpu()
+            out = denoise_fn(add_gaussian_noise(batch, sigma, eps).to(device)).detach().cpu()
             total += F.mse_loss(out.double(), batch.double(), reduction="sum").item()
         err = total / x.numel()
         results[float(sigma)] = {"mse": err, "psnr": psnr_from_mse(err)}

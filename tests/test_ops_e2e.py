@@ -1,8 +1,9 @@
 """End to end on loopback: the real Prefect server, two process workers and the MLflow server.
 
 `python -m difflab.stack up` starts them (sqlite backend, local artifact root, ports
-picked free, PREFECT_HOME in a temp dir, scheduler off so no cron run can start),
-registers the deployments of prefect.yaml, and the tests then
+picked free, PREFECT_HOME in a temp dir, scheduler off so no cron run can start) with
+one worker, and registers the deployments of prefect.yaml; a second
+`up --workers-only` adds a worker the way another machine would. The tests then
 - check every registered deployment carries prefect.yaml's cron schedules;
 - trigger `part_b/tiny` by name with the Prefect CLI, wait for it, and check through
   MLflow's REST API that the run, its params, metrics, images, checkpoint and model are there;
@@ -86,7 +87,7 @@ def wait_flow_run(info: dict, flow_run_id: str, timeout: float = RUN_TIMEOUT_S) 
         pytest.fail(f"flow run {fr['name']} ended {fr['state_type']}: {fr['state'].get('message')}\n"
                     f"--- flow run logs ---\n{flow_run_logs(api, flow_run_id)}\n"
                     f"--- worker-1 ---\n{info['stack'].log_tail('worker-1')}\n"
-                    f"--- worker-2 ---\n{info['stack'].log_tail('worker-2')}")
+                    f"--- remote worker-1 ---\n{info['remote'].log_tail('worker-1')}")
     return fr
 
 
@@ -133,34 +134,44 @@ def run_metrics(run: dict) -> dict[str, float]:
     return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
 
 
+def stack_up(state: Path, env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, stackmod.Stack]:
+    cmd = [sys.executable, "-m", "difflab.stack", "--state-dir", str(state), "up", *args]
+    res = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=360,
+                         stdin=subprocess.DEVNULL)
+    return res, stackmod.Stack(state)
+
+
 @pytest.fixture(scope="module")
 def ops_stack(tmp_path_factory):
+    """The servers with one worker, and a second worker started as another machine would (--workers-only)."""
     state = tmp_path_factory.mktemp("stack")
+    remote_state = tmp_path_factory.mktemp("remote-worker")
     env = ops_env(state / "prefect-home")
-    pport, mport = stackmod.free_port(), stackmod.free_port()
-    cmd = [sys.executable, "-m", "difflab.stack", "--state-dir", str(state), "up",
-           "--prefect-port", str(pport), "--mlflow-port", str(mport), "--workers", "2",
-           "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
-           "--artifacts-destination", str(state / "artifacts"),
-           "--worker-poll-seconds", "1", "--no-scheduler", "--timeout", "150"]
-    stack_id = None
+    ids = []
     try:
-        res = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=360,
-                             stdin=subprocess.DEVNULL)
-        st = stackmod.Stack(state)
-        stack_id = st.state.get("id")
+        res, st = stack_up(state, env, "--prefect-port", str(stackmod.free_port()),
+                           "--mlflow-port", str(stackmod.free_port()), "--workers", "1",
+                           "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+                           "--artifacts-destination", str(state / "artifacts"),
+                           "--worker-poll-seconds", "1", "--no-scheduler", "--timeout", "150")
+        ids.append(st.state.get("id"))
         assert res.returncode == 0, f"stack up failed:\n{res.stdout}\n{res.stderr}"
-        api = st.state["prefect_api_url"]
+        api, tracking_uri = st.state["prefect_api_url"], st.state["tracking_uri"]
+        res2, remote = stack_up(remote_state, env, "--workers-only", "--workers", "1",
+                                "--prefect-api-url", api, "--tracking-uri", tracking_uri,
+                                "--worker-poll-seconds", "1", "--timeout", "120")
+        ids.append(remote.state.get("id"))
+        assert res2.returncode == 0, f"workers-only up failed:\n{res2.stdout}\n{res2.stderr}"
         env["PREFECT_API_URL"] = api
-        yield {"state": state, "env": env, "api": api, "mlflow": MlflowRest(st.state["tracking_uri"]),
-               "stack": st, "up_output": res.stdout}
+        yield {"state": state, "env": env, "api": api, "mlflow": MlflowRest(tracking_uri),
+               "stack": st, "remote": remote, "up_output": res.stdout}
     finally:
-        st = stackmod.Stack(state)
-        stack_id = stack_id or st.state.get("id")
-        st.stop(timeout=20)
-        if stack_id:
-            left = stackmod._pids_with_env(stack_id)
-            assert not left, f"processes of the stack still running after down: {left}"
+        for path in (remote_state, state):
+            st = stackmod.Stack(path)
+            ids.append(st.state.get("id"))
+            st.stop(timeout=20, out=lambda _: None)
+        left = {i: stackmod._pids_with_env(i) for i in set(ids) if i}
+        assert not any(left.values()), f"processes of the stack still running after down: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +188,8 @@ def test_stack_status_reports_healthy(ops_stack):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Prefect API     healthy" in res.stdout and "MLflow server   healthy" in res.stdout
     workers = stackmod.worker_names(ops_stack["api"], "difflab")
-    assert len(workers) == 2, workers
+    assert len(workers) == 2, workers  # one from each `up`: several machines draw from one pool
+    assert stackmod.status(ops_stack["remote"], out=lambda _: None) == 0
 
 
 def test_scheduled_deployments_exist_with_their_cron(ops_stack):

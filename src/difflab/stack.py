@@ -18,7 +18,8 @@ HTTP APIs, never by importing them.
 
 Settings: flags, else environment variables, else defaults:
     DIFFLAB_STACK_DIR                       .stack (under the repository root)
-    DIFFLAB_STACK_HOST                      127.0.0.1
+    DIFFLAB_STACK_HOST                      127.0.0.1 (bind address; 0.0.0.0 to serve other machines)
+    DIFFLAB_ADVERTISE_HOST                  the bind address (the name other machines use for this one)
     DIFFLAB_PREFECT_PORT                    4200
     DIFFLAB_MLFLOW_PORT                     5000
     DIFFLAB_WORKERS                         1
@@ -74,6 +75,8 @@ class StackError(RuntimeError):
 class Settings:
     state_dir: Path
     host: str = "127.0.0.1"
+    advertise_host: str = ""
+    """The name other machines and browsers use for this one (default: the bind address, loopback for 0.0.0.0)."""
     prefect_port: int = 4200
     mlflow_port: int = 5000
     workers: int = 1
@@ -97,10 +100,11 @@ class Settings:
             self.backend_store_uri = f"sqlite:///{ROOT / 'mlflow.db'}"
         if not self.artifacts_destination:
             self.artifacts_destination = str(ROOT / "mlruns")
+        name = self.advertise_host or _url_host(self.host)
         if not self.prefect_api_url:
-            self.prefect_api_url = f"http://{_url_host(self.host)}:{self.prefect_port}/api"
+            self.prefect_api_url = f"http://{name}:{self.prefect_port}/api"
         if not self.tracking_uri:
-            self.tracking_uri = f"http://{_url_host(self.host)}:{self.mlflow_port}"
+            self.tracking_uri = f"http://{name}:{self.mlflow_port}"
         return self
 
 
@@ -595,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="start the Prefect server, workers and the MLflow server; register deployments")
     u.add_argument("--host", default=_env("DIFFLAB_STACK_HOST", "127.0.0.1"),
                    help="bind address of both servers (default 127.0.0.1; 0.0.0.0 to accept other machines)")
+    u.add_argument("--advertise-host", default=_env("DIFFLAB_ADVERTISE_HOST", ""),
+                   help="host name by which workers on other machines and browsers reach this one")
     u.add_argument("--prefect-port", type=int, default=_env("DIFFLAB_PREFECT_PORT", 4200))
     u.add_argument("--mlflow-port", type=int, default=_env("DIFFLAB_MLFLOW_PORT", 5000))
     u.add_argument("--workers", type=int, default=_env("DIFFLAB_WORKERS", 1), help="process workers to start")
@@ -633,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers_only and not (args.prefect_api_url and args.tracking_uri):
                 raise StackError("--workers-only needs --prefect-api-url and --tracking-uri "
                                  "(or DIFFLAB_PREFECT_API_URL and DIFFLAB_TRACKING_URI)")
-            s = Settings(state_dir=state_dir, host=args.host, prefect_port=args.prefect_port,
+            s = Settings(state_dir=state_dir, host=args.host, advertise_host=args.advertise_host,
+                         prefect_port=args.prefect_port,
                          mlflow_port=args.mlflow_port, workers=args.workers,
                          backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination,
                          workers_only=args.workers_only,

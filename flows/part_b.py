@@ -12,6 +12,7 @@ from difflab import tracking
 from difflab.config import PartBConfig, flatten_params
 from difflab.data import MnistData
 from tasks.data import prepare_data
+from tasks.evaluation import evaluate
 from tasks.refs import DataRef, StageRef
 from tasks.sampling import sample_stage
 from tasks.training import STAGE_NAMES, train_class_ddpm, train_denoiser, train_time_ddpm
@@ -86,8 +87,12 @@ def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) 
         data = prepare_data(config.data)
         _log_data(data, parent)
         refs = {stage: STAGE_FLOWS[stage](config, data, parent) for stage in config.stages}
+        quality = {}
+        if config.evaluation.enabled:
+            quality = evaluate(config, data, refs, parent)
+            tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=parent)
     log.info("Part B done: MLflow run %s — %s", parent, tracking.ui_hint())
-    return {"run_id": parent, "data": data.model_dump(),
+    return {"run_id": parent, "data": data.model_dump(), "evaluation": quality,
             "stages": {s: r.model_dump() for s, r in refs.items()}}
 
 

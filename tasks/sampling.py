@@ -24,7 +24,7 @@ def sample_stage(cfg: PartBConfig, stage: StageRef, parent_run_id: str) -> str:
     """Draw from a trained DDPM into a nested `sample_<stage>` run; returns that run's id."""
     tracking.configure(cfg.tracking)
     scfg = stage_config(cfg, stage.stage)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.cpu_threads)
     model, extra = load_model(stage.checkpoint, device)
     schedule = schedule_from_extra(extra)
     name = f"sample_{STAGE_NAMES[stage.stage]}"

@@ -140,7 +140,7 @@ def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str)
         if cached:
             return _reuse(cfg, stage, cached, key, data, parent_run_id)
 
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.cpu_threads)
     mnist = MnistData.load(data.path)
     x_train, y_train = to_float(mnist.train_images), mnist.train_labels
     x_test = to_float(mnist.test_images)

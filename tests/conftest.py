@@ -11,6 +11,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
+
+# The suite's models are tiny and the CI machine has two cores shared with a Prefect server:
+# one thread avoids OpenMP threads spinning against each other (10x slower otherwise).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():

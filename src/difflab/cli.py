@@ -24,8 +24,8 @@ FLOWS: dict[str, tuple[str, str, str]] = {
     "train-time-ddpm": ("flows.part_b:train_time_ddpm_flow", "difflab.config:PartBConfig", "the time-conditioned DDPM"),
     "train-class-ddpm": ("flows.part_b:train_class_ddpm_flow", "difflab.config:PartBConfig",
                          "the class-conditioned DDPM"),
-    "part-a": ("flows.part_a:part_a", "difflab.edits.config:PartAConfig", "Part A sampling and edits"),
-    "pipeline": ("flows.pipeline:pipeline", "flows.pipeline:PipelineConfig", "Part B, then Part A on its model"),
+    "part-a": ("flows.part_a:part_a", "difflab.config:PartAConfig", "Part A sampling and edits"),
+    "pipeline": ("flows.pipeline:pipeline", "difflab.config:PipelineConfig", "Part B, then Part A on its model"),
     "compare": ("flows.compare:compare", "flows.compare:CompareConfig", "compare runs side by side"),
     "sweep": ("flows.sweep:sweep", "flows.sweep:SweepConfig", "fan out deployment runs over a grid"),
 }

@@ -17,40 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from difflab.config import JudgeConfig
 from difflab.data import to_float
 from difflab.ddpm import add_gaussian_noise
 from difflab.unet import NUM_CLASSES
 
 DenoiseFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-class JudgeConfig(BaseModel):
-    """Defaults reach >= 97% held-out accuracy on the 4,000/1,000 split of the bundled digits
-    in well under a minute on two CPU cores."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    width: int = Field(16, gt=0)
-    """Channels of the first conv stage; the second stage has twice as many."""
-    feature_dim: int = Field(128, gt=0)
-    """Size of the penultimate layer, the feature space of the Frechet distance."""
-    dropout: float = Field(0.3, ge=0, lt=1)
-    epochs: int = Field(8, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr: float = Field(3e-3, gt=0)
-    """Peak learning rate of the one-cycle schedule."""
-    weight_decay: float = Field(1e-4, ge=0)
-    max_shift: float = Field(2.0, ge=0)
-    """Augmentation: random translation of up to this many pixels in each direction."""
-    max_rotation_deg: float = Field(10.0, ge=0)
-    """Augmentation: random rotation of up to this many degrees."""
-    seed: int = 0
-    num_threads: int = Field(2, gt=0)
-    """CPU threads while training; the machines are shared."""
-    eval_batch_size: int = Field(1000, gt=0)
 
 
 class Judge(nn.Module):

@@ -1,0 +1,35 @@
+"""The main job: Part B, then Part A on the class-conditioned model Part B just trained."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from difflab import tracking
+from difflab.config import PipelineConfig
+from flows.part_a import part_a
+from flows.part_b import part_b
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(config: PipelineConfig | None = None) -> dict:
+    config = config or PipelineConfig()
+    tracking.configure(config.part_b.tracking)
+    with tracking.run(f"pipeline-{config.part_b.profile}", config.part_b.tracking.experiment,
+                      tags={"flow": "pipeline", "profile": config.part_b.profile,
+                            "git_commit": tracking.git_commit()}) as run:
+        b = part_b(config=config.part_b, parent_run_id=run)
+        result = {"run_id": run, "part_b": b}
+        if config.run_part_a and "class" in b["stages"]:
+            cls = b["stages"]["class"]
+            a_cfg = config.part_a.model_copy(update={"backend": "mnist", "mnist": config.part_a.mnist.model_copy(
+                update={"checkpoint": cls["checkpoint"], "data": config.part_b.data})})
+            result["part_a"] = part_a(config=a_cfg, parent_run_id=run)
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    from difflab.cli import main
+
+    raise SystemExit(main(["pipeline", *sys.argv[1:]]))

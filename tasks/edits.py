@@ -1,0 +1,252 @@
+"""Prefect tasks for Part A: resolve the backend's inputs, then one task (one nested MLflow run) per section.
+
+Tasks pass a PartAInputs of paths; the backend itself is loaded once per process
+(DeepFloyd's stage I is gigabytes) and shared by the section tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from difflab import edits, tracking, viz
+from difflab.config import PartAConfig, PartBConfig
+from difflab.edits.guidance import VIEWS
+from difflab.edits.timesteps import scale_timestep, strided_timesteps
+from difflab.train import pick_device
+
+INPUTS_DIR = Path(".difflab") / "part_a"
+SMALL_FACTOR = 4
+"""Hybrids are also shown at 1/4 size, which is how they read from afar."""
+
+
+class PartAInputs(BaseModel):
+    backend: str
+    model: str
+    """A checkpoint path (MNIST) or the stage I hub id / folder (DeepFloyd)."""
+    model_run_id: str | None = None
+    test_image: str
+    """A .pt file holding the (1, C, H, W) test image in the backend's value range."""
+
+
+def _mnist_checkpoint(cfg: PartAConfig) -> tuple[str, str | None]:
+    m = cfg.mnist
+    if m.checkpoint:
+        if not Path(m.checkpoint).exists():
+            raise FileNotFoundError(f"checkpoint {m.checkpoint} not found; give the path of a class_ddpm run's "
+                                    "checkpoints/final.pt, or drop mnist.checkpoint to use the registered model")
+        return m.checkpoint, None
+    run_id = m.model_run_id
+    if run_id is None:
+        version = tracking.latest_model_version(m.registered_model)
+        run_id = version.run_id if version is not None else None
+    if run_id is None:
+        if not m.train_if_missing:
+            raise FileNotFoundError(
+                f"no class-conditioned MNIST model yet (registered model {m.registered_model!r} is empty); "
+                "run `difflab part-b` first, or pass --set mnist.train_if_missing=true, "
+                "or --set mnist.checkpoint=PATH")
+        from flows.part_b import part_b
+
+        get_run_logger().info("no MNIST model yet: training one with the quick profile")
+        result = part_b(config=PartBConfig(profile="quick", stages=["class"], tracking=cfg.tracking))
+        stage = result["stages"]["class"]
+        return stage["checkpoint"], stage["run_id"]
+    path = tracking.download(run_id, "checkpoints/final.pt", INPUTS_DIR / "models" / run_id)
+    return str(path), run_id
+
+
+@task(name="prepare-part-a", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def prepare_part_a(cfg: PartAConfig) -> PartAInputs:
+    """Find the model and the test image, and check that the backend loads (fail fast, before any section)."""
+    tracking.configure(cfg.tracking)
+    pick_device(cfg.device, cfg.cpu_threads)
+    run_id = None
+    if cfg.backend == "mnist":
+        model, run_id = _mnist_checkpoint(cfg)
+    else:
+        model = cfg.deepfloyd.stage1
+    backend = load_backend(cfg.backend, model, cfg.device, _deepfloyd_json(cfg))
+    if cfg.backend == "mnist":
+        from difflab.data import load_mnist, to_float
+
+        data = load_mnist(cfg.mnist.data)
+        if not 0 <= cfg.mnist.test_index < len(data.test_labels):
+            raise ValueError(f"mnist.test_index {cfg.mnist.test_index} is out of range; "
+                             f"choose 0..{len(data.test_labels) - 1}")
+        image = to_float(data.test_images[cfg.mnist.test_index:cfg.mnist.test_index + 1])
+    else:
+        if not cfg.deepfloyd.test_image:
+            raise FileNotFoundError("DeepFloyd needs a test image; pass --set deepfloyd.test_image=PATH "
+                                    "(the course uses a 64x64 photo of the Campanile)")
+        image = edits.load_image(cfg.deepfloyd.test_image, backend.image_shape, backend.value_range)
+    INPUTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = INPUTS_DIR / f"test_image_{cfg.backend}.pt"
+    torch.save(image, path)
+    return PartAInputs(backend=cfg.backend, model=model, model_run_id=run_id, test_image=str(path))
+
+
+def _deepfloyd_json(cfg: PartAConfig) -> str:
+    return json.dumps(cfg.deepfloyd.model_dump(exclude={"test_image"}), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=2)
+def load_backend(kind: str, model: str, device: str, deepfloyd_json: str) -> edits.Backend:
+    dev = pick_device(device)
+    if kind == "mnist":
+        return edits.load_backend("mnist", checkpoint=model, device=dev)
+    d = json.loads(deepfloyd_json)
+    return edits.load_backend("deepfloyd", stage1=model, stage2=d["stage2"], embeddings=d["embeddings"],
+                              encode_prompts=d["encode_prompts"], cpu_offload=d["cpu_offload"], fp16=d["fp16"],
+                              device=dev)
+
+
+def _grid_rows(backend, rows, row_labels, col_labels, title):
+    return viz.labeled_grid(rows, row_labels, col_labels, value_range=backend.value_range, title=title)
+
+
+def _section_sample_steps(cfg, b, image):
+    out = edits.sample_at_steps(b, cfg.prompts, cfg.num_inference_steps, cfg.guidance, cfg.seed)
+    tracking.log_image(_grid_rows(b, [out[n] for n in cfg.num_inference_steps],
+                                  [f"{n} steps" for n in cfg.num_inference_steps], cfg.prompts,
+                                  f"samples, guidance {cfg.guidance}"), "sample_steps")
+    if hasattr(b, "upsample") and cfg.deepfloyd.stage2:
+        for n in cfg.num_inference_steps:
+            big = b.upsample(out[n], cfg.prompts, seed=cfg.seed)
+            tracking.log_image(viz.grid(big, nrow=len(cfg.prompts), value_range=b.value_range),
+                               f"sample_steps_{n}_stage2")
+    return {"num_inference_steps": cfg.num_inference_steps, "prompts": cfg.prompts}
+
+
+def _section_denoise(cfg, b, image):
+    T = len(b.alphas_cumprod)
+    ts = [scale_timestep(t, T) for t in cfg.forward_timesteps]
+    noisy = edits.forward_process(b, image, ts, cfg.seed)
+    stacked = torch.cat(list(noisy.values()))
+    blurred, sigmas = edits.best_blur(stacked, image.expand_as(stacked))
+    one = edits.one_step_denoise(b, noisy)
+    labels = [f"t={t}" for t in noisy]
+    tracking.log_image(_grid_rows(b, [stacked, blurred, torch.cat(list(one.values()))],
+                                  ["forward x_t", "best Gaussian blur", "one-step"], labels,
+                                  "forward process, classical and one-step denoising"), "forward_blur_one_step")
+    res = edits.denoise_noisy_image(b, image, cfg.i_start, seed=cfg.seed)
+    schedule = strided_timesteps(T)
+    t_start = schedule[cfg.i_start]
+    one_start = edits.one_step_denoise(b, {t_start: res.start})[t_start]
+    blur_start, blur_sigma = edits.best_blur(res.start, image)
+    tracking.log_image(_grid_rows(b, [torch.cat(res.frames)], ["iterative"],
+                                  [f"t={t}" if t >= 0 else "clean" for t in res.frame_steps],
+                                  f"iterative denoising from i_start={cfg.i_start} (every 5th step)"),
+                       "iterative_steps")
+    tracking.log_image(_grid_rows(b, [torch.cat([image, res.start, res.image, one_start, blur_start])], None,
+                                  ["original", f"noisy t={t_start}", "iterative", "one-step",
+                                   f"blur sigma={blur_sigma[0]}"], "denoising compared"), "denoise_compared")
+    mse = lambda x: float(((x - image) ** 2).mean())  # noqa: E731
+    tracking.log_metrics({"mse_iterative": mse(res.image), "mse_one_step": mse(one_start),
+                          "mse_blur": mse(blur_start)})
+    return {"forward_timesteps": list(noisy), "blur_sigmas": sigmas, "i_start": cfg.i_start, "t_start": t_start,
+            "strided_timesteps": schedule}
+
+
+def _section_sample(cfg, b, image):
+    res = edits.sample(b, None, cfg.num_samples, gamma=None, seed=cfg.seed)
+    tracking.log_image(viz.grid(res.image, nrow=cfg.num_samples, value_range=b.value_range, scale=4),
+                       "samples_unguided")
+    return {"num_samples": cfg.num_samples, "guidance": None}
+
+
+def _section_cfg(cfg, b, image):
+    rows = [edits.sample(b, c, cfg.num_samples, gamma=cfg.guidance, seed=cfg.seed).image
+            for c in cfg.cfg_conditions]
+    tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.cfg_conditions], None,
+                                  f"classifier-free guidance, gamma={cfg.guidance}"), "samples_cfg")
+    return {"conditions": cfg.cfg_conditions, "guidance": cfg.guidance, "num_samples": cfg.num_samples}
+
+
+def _sdedit_rows(cfg, b, images, cond):
+    rows = []
+    for img in images:
+        out = edits.sdedit(b, img, cond, cfg.sdedit_i_starts, cfg.guidance, cfg.seed)
+        rows.append(torch.cat([*out.values(), img]))
+    return rows
+
+
+def _section_sdedit(cfg, b, image):
+    images = [image] + [edits.load_image(p, b.image_shape, b.value_range) for p in cfg.user_images]
+    names = ["test image"] + [Path(p).stem for p in cfg.user_images]
+    cols = [f"i_start={i}" for i in cfg.sdedit_i_starts] + ["original"]
+    tracking.log_image(_grid_rows(b, _sdedit_rows(cfg, b, images, None), names, cols,
+                                  f"SDEdit, guidance {cfg.guidance}"), "sdedit")
+    return {"i_starts": cfg.sdedit_i_starts, "user_images": cfg.user_images}
+
+
+def _section_i2i(cfg, b, image):
+    cols = [f"i_start={i}" for i in cfg.sdedit_i_starts] + ["original"]
+    rows = [_sdedit_rows(cfg, b, [image], c)[0] for c in cfg.i2i_conditions]
+    tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.i2i_conditions], cols,
+                                  "text-conditional image-to-image"), "image_to_image")
+    return {"conditions": cfg.i2i_conditions, "i_starts": cfg.sdedit_i_starts}
+
+
+def _section_inpaint(cfg, b, image):
+    size = tuple(b.image_shape[1:])
+    if cfg.inpaint_mask:
+        mask = edits.load_mask(cfg.inpaint_mask, size)
+    else:
+        r = cfg.inpaint_rect
+        mask = edits.rect_mask(size, r.top, r.left, r.height, r.width)
+    res = edits.inpaint(b, image, mask, None, cfg.guidance, cfg.seed)
+    lo = b.value_range[0]
+    shown_mask = mask.expand_as(image) * (b.value_range[1] - lo) + lo
+    tracking.log_image(_grid_rows(b, [torch.cat([image, shown_mask, image * (1 - mask) + lo * mask, res.image])],
+                                  None, ["original", "mask", "kept", "inpainted"], "inpainting"), "inpaint")
+    outside = float(((res.image - image).abs() * (1 - mask)).max())
+    tracking.log_metrics({"unmasked_max_abs_change": outside})
+    return {"mask": cfg.inpaint_mask or cfg.inpaint_rect.model_dump()}
+
+
+def _section_anagram(cfg, b, image):
+    for i, spec in enumerate(cfg.anagrams):
+        res = edits.anagram(b, spec.first, spec.second, spec.view, cfg.guidance, seed=cfg.seed)
+        viewed = VIEWS[spec.view][0](res.image)
+        tracking.log_image(_grid_rows(b, [torch.cat([res.image, viewed])], None,
+                                      [repr(spec.first), f"{spec.view}: {spec.second!r}"], "visual anagram"),
+                           f"anagram_{i}")
+    return {"anagrams": [s.model_dump() for s in cfg.anagrams]}
+
+
+def _section_hybrid(cfg, b, image):
+    for i, spec in enumerate(cfg.hybrids):
+        res = edits.hybrid(b, spec.low, spec.high, cfg.guidance, seed=cfg.seed)
+        h, w = res.image.shape[-2:]
+        small = torch.nn.functional.interpolate(res.image, size=(h // SMALL_FACTOR, w // SMALL_FACTOR), mode="area")
+        tracking.log_image(viz.grid(res.image, value_range=b.value_range, scale=4), f"hybrid_{i}_full")
+        tracking.log_image(viz.grid(small, value_range=b.value_range), f"hybrid_{i}_small")
+    return {"hybrids": [s.model_dump() for s in cfg.hybrids], "kernel_size": 33, "sigma": 2.0}
+
+
+SECTIONS = {"sample_steps": _section_sample_steps, "denoise": _section_denoise, "sample": _section_sample,
+            "cfg": _section_cfg, "sdedit": _section_sdedit, "i2i": _section_i2i, "inpaint": _section_inpaint,
+            "anagram": _section_anagram, "hybrid": _section_hybrid}
+
+
+@task(name="part-a-section", task_run_name="part-a-{section}", cache_policy=NO_CACHE)
+def run_section(cfg: PartAConfig, section: str, inputs: PartAInputs, parent_run_id: str) -> str:
+    """One Part A section in its own nested MLflow run; returns the run id."""
+    tracking.configure(cfg.tracking)
+    pick_device(cfg.device, cfg.cpu_threads)
+    b = load_backend(inputs.backend, inputs.model, cfg.device, _deepfloyd_json(cfg))
+    image = torch.load(inputs.test_image, weights_only=True)
+    with tracking.run(f"part_a/{section}", cfg.tracking.experiment, parent_run_id,
+                      {tracking.STAGE_TAG: f"part_a/{section}", "backend": inputs.backend}) as run_id:
+        tracking.log_params({"backend": inputs.backend, "model": inputs.model, "seed": cfg.seed,
+                             "num_timesteps": len(b.alphas_cumprod)})
+        params = SECTIONS[section](cfg, b, image)
+        tracking.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
+    return run_id

@@ -23,7 +23,7 @@ dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]' $(QUIET)
 
 run: venv
-	$(BIN)/difflab part-b
+	$(BIN)/difflab pipeline
 
 test: dev
 	$(BIN)/python -m pytest -q

@@ -406,3 +406,20 @@ class PipelineConfig(_Strict):
                     part_b.setdefault(key, data[key])
             data["part_b"] = part_b
         return data
+
+
+class CompareConfig(_Strict):
+    """Which runs to put side by side; by default the newest Part B flow runs of the experiment."""
+
+    experiment: str = "difflab"
+    run_ids: list[str] = Field(default_factory=list)
+    """Explicit runs; when given, experiment and filter are ignored."""
+    filter: str = "tags.flow = 'part_b'"
+    """An MLflow search filter, e.g. \"tags.profile = 'quick'\" or \"params.class_ddpm.guidance = '5.0'\"."""
+    max_runs: int = 20
+    metrics: list[str] | None = None
+    """Metric columns; None takes every metric the chosen runs have."""
+    curves: list[str] = Field(default_factory=lambda: ["train_loss"])
+    """Per-step metrics of each run's stage children, overlaid per stage."""
+    output_dir: str = "outputs/compare"
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -209,6 +209,12 @@ def search_runs(experiments: Sequence[str] | None = None, filter_string: str = "
     return mlflow.search_runs(experiment_names=list(experiments or []), filter_string=filter_string)
 
 
+def child_runs(run_id: str) -> list:
+    """The runs nested directly under run_id."""
+    exp = get_run(run_id).info.experiment_id
+    return MlflowClient().search_runs([exp], f"tags.`mlflow.parentRunId` = '{run_id}'")
+
+
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key)]
 

@@ -8,8 +8,10 @@ server named by its worker's MLFLOW_TRACKING_URI.
 
 In MLflow the sweep is one run (`sweep-<id>`) with every grid point's run nested
 under it and tagged `difflab.sweep=<id>`: filter on that tag in the MLflow UI,
-select the runs and press Compare to see them side by side. The sweep also
-publishes the comparison as a Prefect table artifact (key `sweep-results`).
+select the runs and press Compare to see them side by side. The sweep then hands
+the runs to the compare flow (its report run is tagged on the sweep's run as
+`difflab.compare_run_id`) and publishes its own table as a Prefect table artifact
+(key `sweep-results`).
 
     prefect deployment run sweep/guidance-seed-width \
         --params '{"config": {"base": {"profile": "tiny"}, "grid": {"seed": [0, 1, 2]}}}'
@@ -135,6 +137,18 @@ def _find_mlflow_run(flow_run, experiment: str, parent: str | None, expected: di
     return None
 
 
+def _cancel(ids: list, log) -> None:
+    """Best effort: move the flow runs that are not final yet to Cancelling."""
+    with get_client(sync_client=True) as client:
+        for fid in ids:
+            try:
+                fr = client.read_flow_run(fid)
+                if fr.state is None or not fr.state.is_final():
+                    client.set_flow_run_state(fid, Cancelling(), force=True)
+            except Exception as exc:
+                log.warning("could not cancel %s: %s", fid, exc)
+
+
 def _wait(ids: list, timeout_s: float, poll_s: float, log) -> dict:
     """Poll until every flow run is in a final state or the timeout passes; cancel the rest then."""
     pending, done = set(ids), {}
@@ -151,11 +165,8 @@ def _wait(ids: list, timeout_s: float, poll_s: float, log) -> dict:
                 break
             if time.monotonic() > deadline:
                 log.error("timed out after %.0fs; cancelling %d unfinished run(s)", timeout_s, len(pending))
+                _cancel(list(pending), log)
                 for fid in pending:
-                    try:
-                        client.set_flow_run_state(fid, Cancelling(), force=True)
-                    except Exception as exc:  # best effort
-                        log.warning("could not cancel %s: %s", fid, exc)
                     done[fid] = client.read_flow_run(fid)
                 break
             time.sleep(poll_s)
@@ -206,20 +217,23 @@ def sweep(config: SweepConfig | None = None) -> dict:
                              **{f"grid.{k}": v for k, v in config.grid.items()},
                              **{f"base.{k}": v for k, v in config.base.items()}})
         flow_runs = []
-        for i, (point, cfg) in enumerate(zip(points, configs)):
-            params: dict[str, Any] = {"config": cfg}
-            if config.nest and part_b:
-                params["parent_run_id"] = sweep_run
-            fr = run_deployment(
-                name=config.deployment, parameters=params, timeout=0,
-                flow_run_name=f"sweep-{sweep_id}-{i:02d}", tags=["sweep", f"sweep-{sweep_id}"],
-                # persisted results let the sweep read each run's MLflow run id back
-                job_variables={"env": {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}},
-            )
-            log.info("queued %s (%s): %s", fr.name, fr.id, point_label(point))
-            flow_runs.append(fr)
-
-        finished = _wait([fr.id for fr in flow_runs], config.timeout_s, config.poll_s, log)
+        try:
+            for i, (point, cfg) in enumerate(zip(points, configs)):
+                params: dict[str, Any] = {"config": cfg}
+                if config.nest and part_b:
+                    params["parent_run_id"] = sweep_run
+                fr = run_deployment(
+                    name=config.deployment, parameters=params, timeout=0,
+                    flow_run_name=f"sweep-{sweep_id}-{i:02d}", tags=["sweep", f"sweep-{sweep_id}"],
+                    # persisted results let the sweep read each run's MLflow run id back
+                    job_variables={"env": {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}},
+                )
+                log.info("queued %s (%s): %s", fr.name, fr.id, point_label(point))
+                flow_runs.append(fr)
+            finished = _wait([fr.id for fr in flow_runs], config.timeout_s, config.poll_s, log)
+        except BaseException:  # the sweep itself failed or was cancelled: take its runs with it
+            _cancel([fr.id for fr in flow_runs], log)
+            raise
 
         rows, failed = [], []
         for i, (point, fr) in enumerate(zip(points, flow_runs)):
@@ -246,11 +260,14 @@ def sweep(config: SweepConfig | None = None) -> dict:
                               description=f"Sweep {sweep_id} over {config.deployment}: {len(rows)} runs; "
                                           f"MLflow filter `tags.difflab.sweep = '{sweep_id}'`")
         run_ids = [r["mlflow_run_id"] for r in rows if r["mlflow_run_id"]]
-        _compare_flow(run_ids, experiment, log)
+        compared = _compare_flow(run_ids, experiment, log) if run_ids else None
+        compare_run = compared.get("run_id") if isinstance(compared, dict) else None
+        if compare_run:
+            tracking.log_tags({"difflab.compare_run_id": compare_run})
         print(table)
         if failed and config.fail_on_error:
             raise RuntimeError(f"{len(failed)} of {len(rows)} sweep runs did not complete: " + "; ".join(failed))
-    return {"sweep_id": sweep_id, "mlflow_run_id": sweep_run, "rows": rows}
+    return {"sweep_id": sweep_id, "mlflow_run_id": sweep_run, "compare_run_id": compare_run, "rows": rows}
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

@@ -294,3 +294,8 @@ def test_sweep_fans_out_in_parallel_and_compares(ops_stack, triggered):
     assert sorted(run_params(r)["seed"] for r in point_runs) == ["1", "2"]
     files = [f["path"] for f in ml.artifacts(sweep_runs[0]["info"]["run_id"], "sweep")]
     assert "sweep/results.json" in files
+    # ... and handed to the compare flow, whose report run names exactly the sweep's runs.
+    compare_id = run_tags(sweep_runs[0]).get("difflab.compare_run_id")
+    assert compare_id, "the sweep did not run the compare flow"
+    compare_run = ml.get("runs/get", run_id=compare_id)["run"]
+    assert sorted(run_tags(compare_run)["compared_runs"].split(",")) == sorted(r["mlflow_run_id"] for r in rows)

@@ -46,16 +46,18 @@ def test_prefect_yaml_schedules_every_flow_with_valid_cron():
     assert {"tiny", "nightly-quick", "weekly-course"} <= names
 
 
-def test_prefect_yaml_part_b_parameters_validate():
-    from difflab.config import PartBConfig
+def test_prefect_yaml_parameters_validate_against_the_flows_configs():
+    from difflab import config as cfg
+    from flows.sweep import SweepConfig
 
+    models = {"part_b": cfg.PartBConfig, "sweep": SweepConfig}
+    for flow, name in (("part_a", "PartAConfig"), ("pipeline", "PipelineConfig"), ("compare", "CompareConfig")):
+        if hasattr(cfg, name):
+            models[flow] = getattr(cfg, name)
     for d in _declared():
-        if d["entrypoint"] == "flows/part_b.py:part_b":
-            PartBConfig.model_validate(d["parameters"]["config"])
-        if d["entrypoint"] == "flows/sweep.py:sweep":
-            from flows.sweep import SweepConfig
-
-            SweepConfig.model_validate(d["parameters"]["config"])
+        flow = d["entrypoint"].rsplit(":", 1)[1]
+        if flow in models:
+            models[flow].model_validate(d["parameters"]["config"])
 
 
 def test_pull_step_resolves_per_worker():

@@ -26,6 +26,7 @@ Settings: flags, else environment variables, else defaults:
     DIFFLAB_WORKER_LIMIT                    0 (no limit on concurrent flow runs per worker)
     DIFFLAB_MLFLOW_BACKEND_STORE_URI        sqlite:///<root>/mlflow.db  (e.g. postgresql://user:pw@host:5432/mlflow)
     DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION    <root>/mlruns               (e.g. s3://bucket/mlflow; MLFLOW_S3_ENDPOINT_URL for MinIO)
+    DIFFLAB_MLFLOW_SERVER_WORKERS           1 (uvicorn processes of the MLflow server; more for a team)
     DIFFLAB_PREFECT_API_URL                 set with --workers-only: the remote Prefect server's API
     DIFFLAB_TRACKING_URI                    set with --workers-only: the remote MLflow server
 """
@@ -648,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
                          tracking_uri=args.tracking_uri if args.workers_only else "",
                          deploy=args.deploy, startup_timeout=args.timeout,
                          worker_poll_seconds=args.worker_poll_seconds, worker_limit=args.worker_limit,
-                         prefect_scheduler=args.scheduler)
+                         prefect_scheduler=args.scheduler,
+                         mlflow_server_workers=_env("DIFFLAB_MLFLOW_SERVER_WORKERS", 1))
             up(s)
             return 0
         if args.command == "down":

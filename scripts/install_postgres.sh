@@ -43,11 +43,11 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 # No default cluster: skips initdb + service start in the package's postinst (faster, nothing left running).
-"${SUDO[@]}" mkdir -p /etc/postgresql-common
-if [[ ! -f /etc/postgresql-common/createcluster.conf ]] || \
-   ! grep -q '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf; then
-    echo "create_main_cluster = false" | "${SUDO[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
-fi
+# A drop-in of the package's own createcluster.conf (which include_dir's this folder), so the
+# ucf-managed file itself is left alone; delete the drop-in to get Debian's default behaviour back.
+"${SUDO[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false  # written by difflab's scripts/install_postgres.sh" | \
+    "${SUDO[@]}" tee /etc/postgresql-common/createcluster.d/difflab-no-main-cluster.conf >/dev/null
 
 apt_install() {
     "${SUDO[@]}" apt-get install -y -q --no-install-recommends postgresql

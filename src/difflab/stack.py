@@ -24,8 +24,8 @@ Settings: flags, else environment variables, else defaults:
     DIFFLAB_MLFLOW_PORT                     5000
     DIFFLAB_WORKERS                         1
     DIFFLAB_WORKER_LIMIT                    0 (no limit on concurrent flow runs per worker)
-    DIFFLAB_MLFLOW_BACKEND_STORE_URI        sqlite:///<root>/mlflow.db  (e.g. postgresql://user:pw@host:5432/mlflow)
-    DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION    <root>/mlruns               (e.g. s3://bucket/mlflow; MLFLOW_S3_ENDPOINT_URL for MinIO)
+    DIFFLAB_MLFLOW_BACKEND_STORE_URI        sqlite:///<state dir>/mlflow.db  (or postgresql://user:pw@host:5432/mlflow)
+    DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION    <state dir>/mlartifacts     (or s3://bucket/prefix; MLFLOW_S3_ENDPOINT_URL for MinIO)
     DIFFLAB_MLFLOW_SERVER_WORKERS           1 (uvicorn processes of the MLflow server; more for a team)
     DIFFLAB_PREFECT_API_URL                 set with --workers-only: the remote Prefect server's API
     DIFFLAB_TRACKING_URI                    set with --workers-only: the remote MLflow server
@@ -97,10 +97,12 @@ class Settings:
     prefect_scheduler: bool = True
 
     def resolved(self) -> "Settings":
+        # The server's own store, not the ./mlflow.db of runs made without a server: an experiment the
+        # server creates keeps `mlflow-artifacts:/` locations, which a client without the server cannot use.
         if not self.backend_store_uri:
-            self.backend_store_uri = f"sqlite:///{ROOT / 'mlflow.db'}"
+            self.backend_store_uri = f"sqlite:///{self.state_dir / 'mlflow.db'}"
         if not self.artifacts_destination:
-            self.artifacts_destination = str(ROOT / "mlruns")
+            self.artifacts_destination = str(self.state_dir / "mlartifacts")
         name = self.advertise_host or _url_host(self.host)
         if not self.prefect_api_url:
             self.prefect_api_url = f"http://{name}:{self.prefect_port}/api"
@@ -606,9 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--mlflow-port", type=int, default=_env("DIFFLAB_MLFLOW_PORT", 5000))
     u.add_argument("--workers", type=int, default=_env("DIFFLAB_WORKERS", 1), help="process workers to start")
     u.add_argument("--backend-store-uri", default=_env("DIFFLAB_MLFLOW_BACKEND_STORE_URI", ""),
-                   help="MLflow backend store (default sqlite:///<repo>/mlflow.db; postgresql://... for a team)")
+                   help="MLflow backend store (default sqlite:///.stack/mlflow.db; postgresql://... for a team)")
     u.add_argument("--artifacts-destination", default=_env("DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION", ""),
-                   help="where the MLflow server stores artifacts (default <repo>/mlruns; s3://bucket/prefix)")
+                   help="where the MLflow server stores artifacts (default .stack/mlartifacts; s3://bucket/prefix)")
     u.add_argument("--no-deploy", dest="deploy", action="store_false", help="do not register the deployments")
     u.add_argument("--no-scheduler", dest="scheduler", action="store_false",
                    help="do not let the Prefect server create scheduled runs")

@@ -107,6 +107,15 @@ def load_backend(kind: str, model: str, device: str, deepfloyd_json: str) -> edi
                               device=dev)
 
 
+def _stage2(cfg: PartAConfig, b, images: torch.Tensor, conds: list, name: str) -> None:
+    """DeepFloyd: also log the stage I result upsampled to 256x256 by stage II (the neutral prompt for None)."""
+    if not (hasattr(b, "upsample") and cfg.deepfloyd.stage2):
+        return
+    prompts = [c if c else b.default_condition for c in conds]
+    big = b.upsample(images, prompts, seed=cfg.seed)
+    tracking.log_image(viz.grid(big, nrow=min(len(big), 6), value_range=b.value_range), f"{name}_stage2")
+
+
 def _grid_rows(backend, rows, row_labels, col_labels, title):
     return viz.labeled_grid(rows, row_labels, col_labels, value_range=backend.value_range, title=title)
 
@@ -116,11 +125,8 @@ def _section_sample_steps(cfg, b, image):
     tracking.log_image(_grid_rows(b, [out[n] for n in cfg.num_inference_steps],
                                   [f"{n} steps" for n in cfg.num_inference_steps], cfg.prompts,
                                   f"samples, guidance {cfg.guidance}"), "sample_steps")
-    if hasattr(b, "upsample") and cfg.deepfloyd.stage2:
-        for n in cfg.num_inference_steps:
-            big = b.upsample(out[n], cfg.prompts, seed=cfg.seed)
-            tracking.log_image(viz.grid(big, nrow=len(cfg.prompts), value_range=b.value_range),
-                               f"sample_steps_{n}_stage2")
+    for n in cfg.num_inference_steps:
+        _stage2(cfg, b, out[n], cfg.prompts, f"sample_steps_{n}")
     return {"num_inference_steps": cfg.num_inference_steps, "prompts": cfg.prompts}
 
 
@@ -158,6 +164,7 @@ def _section_sample(cfg, b, image):
     res = edits.sample(b, None, cfg.num_samples, gamma=None, seed=cfg.seed)
     tracking.log_image(viz.grid(res.image, nrow=cfg.num_samples, value_range=b.value_range, scale=4),
                        "samples_unguided")
+    _stage2(cfg, b, res.image, [None] * len(res.image), "samples_unguided")
     return {"num_samples": cfg.num_samples, "guidance": None}
 
 
@@ -166,6 +173,7 @@ def _section_cfg(cfg, b, image):
             for c in cfg.cfg_conditions]
     tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.cfg_conditions], None,
                                   f"classifier-free guidance, gamma={cfg.guidance}"), "samples_cfg")
+    _stage2(cfg, b, torch.cat(rows), [c for c in cfg.cfg_conditions for _ in range(cfg.num_samples)], "samples_cfg")
     return {"conditions": cfg.cfg_conditions, "guidance": cfg.guidance, "num_samples": cfg.num_samples}
 
 
@@ -181,8 +189,10 @@ def _section_sdedit(cfg, b, image):
     images = [image] + [edits.load_image(p, b.image_shape, b.value_range) for p in cfg.user_images]
     names = ["test image"] + [Path(p).stem for p in cfg.user_images]
     cols = [f"i_start={i}" for i in cfg.sdedit_i_starts] + ["original"]
-    tracking.log_image(_grid_rows(b, _sdedit_rows(cfg, b, images, None), names, cols,
-                                  f"SDEdit, guidance {cfg.guidance}"), "sdedit")
+    rows = _sdedit_rows(cfg, b, images, None)
+    tracking.log_image(_grid_rows(b, rows, names, cols, f"SDEdit, guidance {cfg.guidance}"), "sdedit")
+    for name, row in zip(names, rows):
+        _stage2(cfg, b, row[:-1], [None] * (len(row) - 1), f"sdedit_{Path(name).stem.replace(' ', '_')}")
     return {"i_starts": cfg.sdedit_i_starts, "user_images": cfg.user_images}
 
 
@@ -191,6 +201,8 @@ def _section_i2i(cfg, b, image):
     rows = [_sdedit_rows(cfg, b, [image], c)[0] for c in cfg.i2i_conditions]
     tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.i2i_conditions], cols,
                                   "text-conditional image-to-image"), "image_to_image")
+    for i, (cond, row) in enumerate(zip(cfg.i2i_conditions, rows)):
+        _stage2(cfg, b, row[:-1], [cond] * (len(row) - 1), f"image_to_image_{i}")
     return {"conditions": cfg.i2i_conditions, "i_starts": cfg.sdedit_i_starts}
 
 
@@ -206,6 +218,7 @@ def _section_inpaint(cfg, b, image):
     shown_mask = mask.expand_as(image) * (b.value_range[1] - lo) + lo
     tracking.log_image(_grid_rows(b, [torch.cat([image, shown_mask, image * (1 - mask) + lo * mask, res.image])],
                                   None, ["original", "mask", "kept", "inpainted"], "inpainting"), "inpaint")
+    _stage2(cfg, b, res.image, [None], "inpaint")
     outside = float(((res.image - image).abs() * (1 - mask)).max())
     tracking.log_metrics({"unmasked_max_abs_change": outside})
     return {"mask": cfg.inpaint_mask or cfg.inpaint_rect.model_dump()}
@@ -218,6 +231,7 @@ def _section_anagram(cfg, b, image):
         tracking.log_image(_grid_rows(b, [torch.cat([res.image, viewed])], None,
                                       [repr(spec.first), f"{spec.view}: {spec.second!r}"], "visual anagram"),
                            f"anagram_{i}")
+        _stage2(cfg, b, res.image, [spec.first], f"anagram_{i}")
     return {"anagrams": [s.model_dump() for s in cfg.anagrams]}
 
 
@@ -228,6 +242,7 @@ def _section_hybrid(cfg, b, image):
         small = torch.nn.functional.interpolate(res.image, size=(h // SMALL_FACTOR, w // SMALL_FACTOR), mode="area")
         tracking.log_image(viz.grid(res.image, value_range=b.value_range, scale=4), f"hybrid_{i}_full")
         tracking.log_image(viz.grid(small, value_range=b.value_range), f"hybrid_{i}_small")
+        _stage2(cfg, b, res.image, [spec.low], f"hybrid_{i}")
     return {"hybrids": [s.model_dump() for s in cfg.hybrids], "kernel_size": 33, "sigma": 2.0}
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from difflab.tracking import artifact_paths
 from difflab.config import PartBConfig
 
 TINY = {"profile": "tiny", "data": {"max_train": 96},
@@ -18,12 +19,6 @@ def _children(client, parent_id):
                               f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return {r.info.run_name: r for r in runs}
 
-
-def _artifacts(client, run_id, path=None):
-    out = []
-    for a in client.list_artifacts(run_id, path):
-        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
-    return out
 
 
 @pytest.fixture
@@ -53,16 +48,16 @@ def test_part_b_logs_every_deliverable(part_b_run):
         assert run.data.params["hidden"] == "4" and run.data.params["plan.epochs"] == "2"
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert [m.step for m in history] == list(range(2 * steps_per_epoch))
-        files = _artifacts(client, run.info.run_id)
+        files = artifact_paths(run.info.run_id)
         assert {"checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt", "checkpoints/final.pt",
                 "images/loss_curve.png"} <= set(files)
         snap_key = "denoised_test" if stage == "denoiser" else "samples"
         steps = {int(f.split("+step+")[1].split("+")[0]) for f in files
                  if f.startswith(f"images/{snap_key}+step+") and f.endswith(".png")}
         assert steps == {1, 2}
-    den_files = _artifacts(client, kids["denoiser"].info.run_id)
+    den_files = artifact_paths(kids["denoiser"].info.run_id)
     assert {"images/noising_grid.png", "images/ood_sigma_sweep.png"} <= set(den_files)
-    sample_files = _artifacts(client, kids["sample_class_ddpm"].info.run_id)
+    sample_files = artifact_paths(kids["sample_class_ddpm"].info.run_id)
     assert {"images/class_ddpm_denoising.gif", "images/final_samples.png", "samples/samples.pt"} <= set(sample_files)
 
     # the images are real pictures, and the registered model loads and runs

@@ -9,18 +9,13 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from difflab.tracking import artifact_paths, child_runs
 from difflab.config import PART_A_SECTIONS, CompareConfig, PipelineConfig
 
 TINY_B = {"profile": "tiny", "data": {"max_train": 96}, "time_ddpm": {"num_timesteps": 10},
           "class_ddpm": {"num_timesteps": 10}}
 TINY_A = {"num_inference_steps": [3, 5], "sdedit_i_starts": [1, 3, 5], "i_start": 5, "num_samples": 2}
 
-
-def _artifacts(client, run_id, path=None):
-    out = []
-    for a in client.list_artifacts(run_id, path):
-        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
-    return out
 
 
 @pytest.fixture
@@ -43,16 +38,16 @@ def test_pipeline_runs_part_b_then_part_a_with_quality_metrics(pipeline_run):
                 "frechet_real_floor", "denoiser_psnr"):
         assert f"eval.{key}" in part_b.data.metrics, key
     assert 0 <= part_b.data.metrics["eval.class_agreement"] <= 1
-    evaluation = next(r for r in tracking_children(part_b.info.run_id) if r.info.run_name == "evaluation")
+    evaluation = next(r for r in child_runs(part_b.info.run_id) if r.info.run_name == "evaluation")
     assert {f"class.agreement.digit_{d}" for d in range(10)} <= set(evaluation.data.metrics)
     assert "denoiser.psnr.sigma_0.5" in evaluation.data.metrics
-    files = _artifacts(client, evaluation.info.run_id)
+    files = artifact_paths(evaluation.info.run_id)
     assert "class_agreement.json" in files and "images/judged_samples.png" in files
     assert any(f.startswith("judge/judge-") for f in files)
 
     # Part A: every section ran on the checkpoint Part B just trained, each in its own nested run
     assert part_a.data.params["model.resolved"] == pipeline_run["part_b"]["stages"]["class"]["checkpoint"]
-    sections = {r.info.run_name: r for r in tracking_children(part_a.info.run_id)}
+    sections = {r.info.run_name: r for r in child_runs(part_a.info.run_id)}
     assert set(sections) == {f"part_a/{s}" for s in PART_A_SECTIONS}
     expected = {"sample_steps": "sample_steps", "denoise": "denoise_compared", "sample": "samples_unguided",
                 "cfg": "samples_cfg", "sdedit": "sdedit", "inpaint": "inpaint", "i2i": "image_to_image",
@@ -60,16 +55,10 @@ def test_pipeline_runs_part_b_then_part_a_with_quality_metrics(pipeline_run):
     for section, image in expected.items():
         run = sections[f"part_a/{section}"]
         assert run.info.status == "FINISHED"
-        assert f"images/{image}.png" in _artifacts(client, run.info.run_id), section
+        assert f"images/{image}.png" in artifact_paths(run.info.run_id), section
         assert run.data.params["seed"] == "180" and run.data.params["backend"] == "mnist"
     assert sections["part_a/inpaint"].data.metrics["unmasked_max_abs_change"] == pytest.approx(0, abs=1e-5)
     assert "hand_drawn_7.png" in sections["part_a/sdedit"].data.params["user_images"]
-
-
-def tracking_children(run_id):
-    from difflab import tracking
-
-    return tracking.child_runs(run_id)
 
 
 def test_compare_puts_two_runs_side_by_side(pipeline_run, tmp_path):
@@ -87,7 +76,7 @@ def test_compare_puts_two_runs_side_by_side(pipeline_run, tmp_path):
     markdown = (tmp_path / "cmp" / "comparison.md").read_text()
     assert other["run_id"] in markdown and pipeline_run["part_b"]["run_id"] in markdown
     assert {"report/comparison.csv", "report/comparison.md", "report/metric_bars.png", "report/curves.png"} <= \
-        set(_artifacts(MlflowClient(), result["run_id"]))
+        set(artifact_paths(result["run_id"]))
 
 
 def test_part_a_without_a_model_says_how_to_get_one(prefect_harness, mlflow_store, capsys):

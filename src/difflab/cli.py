@@ -85,8 +85,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, (_, _, help_text) in FLOWS.items():
         _add_common(sub.add_parser(name, help=help_text))
-    stack = sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack", add_help=False)
-    stack.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack (difflab stack --help)")
     return p
 
 
@@ -117,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     from difflab.tracking import quiet_environment
 
     quiet_environment()
-    args = parser().parse_args(argv)
-    if args.command == "stack":
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "stack":  # its own parser, help included
         from difflab.stack import main as stack_main
 
-        return stack_main(args.rest)
+        return stack_main(argv[1:])
+    args = parser().parse_args(argv)
     flow_ref, config_ref, _ = FLOWS[args.command]
     try:
         config = build_config(config_ref, args)

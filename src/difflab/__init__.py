@@ -5,10 +5,10 @@ The library under this package is plain PyTorch; only `tracking` and `cli` touch
 
 import os
 
-# OpenMP threads that spin without bound collapse when the cores are shared (a Prefect server, a
-# worker, a second job): one D=16 training step on 2 busy cores ran at 30 img/s by default and at
-# 537 img/s with a bounded spin, which costs nothing on an idle machine (675 vs 666 img/s).
-# Must be set before torch loads OpenMP, which is why it lives here.
-os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+# Spinning OpenMP threads collapse when the cores are shared (a Prefect server, a worker, a second
+# job). bench/cpu_training.py, D=16 training on 2 cores with both cores also busy: torch's default
+# fell to 21-175 img/s across runs, a bounded GOMP_SPINCOUNT was erratic (44-537), passive waiting
+# held 290-460; idle, passive costs 15-25%. Set before torch loads OpenMP, hence here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

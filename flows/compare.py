@@ -3,7 +3,6 @@ overlaid loss curves and metric bars, logged to a `compare` run and published as
 
 from __future__ import annotations
 
-import re
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -204,7 +204,8 @@ def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str)
         tracking.log_image(viz.loss_curve(result.losses, title=f"{STAGE_NAMES[stage]} training loss"), "loss_curve")
         last_epoch = result.losses[-plan.steps_per_epoch:]
         metrics = {"final_loss": sum(last_epoch) / len(last_epoch), "train_seconds": seconds,
-                   "train_images_per_second": plan.epochs * len(y_train) / max(seconds, 1e-9)}
+                   "train_images_per_second": (plan.epochs - result.resumed_from_epoch) * len(y_train)
+                   / max(seconds, 1e-9)}
         tracking.log_metrics(metrics)
         tracking.log_model(result.model, registered_name(cfg, stage))
         if result.resumed_from_epoch:

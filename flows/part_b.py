@@ -6,6 +6,9 @@ also a flow of its own, runnable alone with the same config.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from prefect import flow, get_run_logger
 
 from difflab import tracking
@@ -51,19 +54,28 @@ def run_stage(config: PartBConfig, stage: str, data: DataRef, parent_run_id: str
     return ref
 
 
+@contextlib.contextmanager
+def _parent_run(config: PartBConfig, flow_name: str, parent_run_id: str | None = None,
+                data: DataRef | None = None) -> Iterator[tuple[str, DataRef]]:
+    """The flow's own MLflow run, with the config as params and the data prepared and recorded."""
+    tracking.configure(config.tracking)
+    with tracking.run(f"{flow_name}-{config.profile}", config.tracking.experiment, parent_run_id,
+                      tags=_parent_tags(config, flow_name)) as parent:
+        tracking.log_params(flatten_params(config))
+        data = data or prepare_data(config.data)
+        _log_data(data, parent)
+        yield parent, data
+
+
 def _stage_flow(stage: str):
     @flow(name=f"train_{STAGE_NAMES[stage]}", log_prints=True)
     def stage_flow(config: PartBConfig | None = None, data: DataRef | None = None,
                    parent_run_id: str | None = None) -> StageRef:
+        """One stage; inside part_b it logs under part_b's run, alone it opens a run of its own."""
         config = config or PartBConfig()
         if parent_run_id is not None and data is not None:
             return run_stage(config, stage, data, parent_run_id)
-        tracking.configure(config.tracking)
-        with tracking.run(f"{STAGE_NAMES[stage]}-{config.profile}", config.tracking.experiment,
-                          tags=_parent_tags(config, STAGE_NAMES[stage])) as parent:
-            tracking.log_params(flatten_params(config))
-            data = data or prepare_data(config.data)
-            _log_data(data, parent)
+        with _parent_run(config, STAGE_NAMES[stage], parent_run_id, data) as (parent, data):
             return run_stage(config, stage, data, parent)
 
     return stage_flow
@@ -79,13 +91,8 @@ STAGE_FLOWS = {"denoiser": train_denoiser_flow, "time": train_time_ddpm_flow, "c
 def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) -> dict:
     """Every Part B stage in order; returns the parent run id and each stage's run id."""
     config = config or PartBConfig()
-    tracking.configure(config.tracking)
     log = get_run_logger()
-    with tracking.run(f"part_b-{config.profile}", config.tracking.experiment, parent_run_id,
-                      tags=_parent_tags(config, "part_b")) as parent:
-        tracking.log_params(flatten_params(config))
-        data = prepare_data(config.data)
-        _log_data(data, parent)
+    with _parent_run(config, "part_b", parent_run_id) as (parent, data):
         refs = {stage: STAGE_FLOWS[stage](config, data, parent) for stage in config.stages}
         quality = {}
         if config.evaluation.enabled:

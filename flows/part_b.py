@@ -35,12 +35,10 @@ def _log_data(data: DataRef, parent_run_id: str) -> None:
 
 
 def _parent_tags(config: PartBConfig, flow_name: str) -> dict:
-    from difflab.train import pick_device
-    import torch
+    from difflab.train import device_name, pick_device
 
-    device = pick_device(config.device)
     return {"flow": flow_name, "profile": config.profile, "git_commit": tracking.git_commit(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+            "device": device_name(pick_device(config.device))}
 
 
 def run_stage(config: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:

@@ -21,7 +21,7 @@ from difflab.config import DDPMConfig, DenoiserConfig, PartBConfig, flatten_para
 from difflab.data import MnistData, to_float
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
 from difflab.sampling import digit_labels, sample_class_conditioned, sample_time_conditioned
-from difflab.train import EpochResult, fit, pick_device, save_checkpoint
+from difflab.train import EpochResult, device_name, fit, pick_device, save_checkpoint
 from difflab.unet import build_model, count_parameters
 from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
@@ -48,13 +48,9 @@ def registered_name(cfg: PartBConfig, stage: str) -> str | None:
 
 
 def _common_tags(cfg: PartBConfig, stage: str, key: str, data: DataRef, device: torch.device) -> dict:
-    return {tracking.STAGE_TAG: STAGE_NAMES[stage], tracking.CACHE_KEY_TAG: key, "device": _device_name(device),
+    return {tracking.STAGE_TAG: STAGE_NAMES[stage], tracking.CACHE_KEY_TAG: key, "device": device_name(device),
             "git_commit": tracking.git_commit(), "data_source": data.source, "data_checksum": data.checksum,
             "profile": cfg.profile}
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _reuse(cfg: PartBConfig, stage: str, cached_run: str, key: str, data: DataRef, parent_run_id: str) -> StageRef:

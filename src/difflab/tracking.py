@@ -96,12 +96,6 @@ def _prefect_tags() -> dict[str, str]:
         return {}
 
 
-def reopen(run_id: str) -> contextlib.AbstractContextManager[str]:
-    """Log more into an existing run (e.g. the parent carrying headline metrics)."""
-    info = MlflowClient().get_run(run_id).info
-    return run(info.run_name, mlflow.get_experiment(info.experiment_id).name, run_id=run_id)
-
-
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     rid = run_id or mlflow.active_run().info.run_id
     items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]

@@ -58,6 +58,11 @@ def pick_device(name: str = "auto", cpu_threads: int | None = None) -> torch.dev
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """What runs are tagged with: the GPU's model, or cpu."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def save_checkpoint(path: Path, model: nn.Module, kind: str, extra: dict | None = None, **state) -> Path:
     """A self-describing checkpoint: enough to rebuild the model without its config."""
     path.parent.mkdir(parents=True, exist_ok=True)

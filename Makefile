@@ -6,9 +6,6 @@ SHELL := bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export MLFLOW_DISABLE_TELEMETRY := true
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
 
 .PHONY: run test venv dev clean ui
 
@@ -28,8 +25,8 @@ run: venv
 test: dev
 	$(BIN)/python -m pytest -q
 
-ui:
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+ui:  # through difflab, which sets the telemetry switches (difflab/__init__.py) before MLflow starts
+	$(BIN)/python -c "import difflab, os; os.execv('$(BIN)/mlflow', ['mlflow', 'ui', '--backend-store-uri', 'sqlite:///mlflow.db'])"
 
 clean:
 	rm -rf $(VENV) mlflow.db .difflab

@@ -1,7 +1,7 @@
-"""Part B: MNIST data -> single-step denoiser -> time-conditioned DDPM -> class-conditioned DDPM -> samples.
+"""Part B: MNIST data -> single-step denoiser -> time-conditioned DDPM -> class-conditioned DDPM -> evaluation.
 
-One flow run is one parent MLflow run; each stage is a nested run. Each stage is
-also a flow of its own, runnable alone with the same config.
+One flow run is one MLflow run; each stage is a nested run. Each stage is also a
+flow of its own (`train_denoiser`, ...), runnable alone with the same config.
 """
 
 from __future__ import annotations
@@ -13,95 +13,83 @@ from prefect import flow, get_run_logger
 
 from difflab import tracking
 from difflab.config import PartBConfig, flatten_params
-from difflab.data import MnistData
+from difflab.stages import STAGES
+from difflab.train import device_name, pick_device
 from tasks.data import prepare_data
 from tasks.evaluation import evaluate
 from tasks.refs import DataRef, StageRef
 from tasks.sampling import sample_stage
-from tasks.training import STAGE_NAMES, train_class_ddpm, train_denoiser, train_time_ddpm
-
-TRAINERS = {"denoiser": train_denoiser, "time": train_time_ddpm, "class": train_class_ddpm}
-
-
-def _log_data(data: DataRef, parent_run_id: str) -> None:
-    mnist = MnistData.load(data.path)
-    tracking.log_params({"data.source_used": data.source, "data.n_train": data.n_train, "data.n_test": data.n_test,
-                         "data.checksum": data.checksum}, parent_run_id)
-    tracking.log_tags({"data_source": data.source, "data_checksum": data.checksum}, parent_run_id)
-    for split, images, labels in (("training", mnist.train_images, mnist.train_labels),
-                                  ("evaluation", mnist.test_images, mnist.test_labels)):
-        tracking.log_dataset(images.numpy(), labels.numpy(), f"mnist-{data.source}-{split}", data.checksum,
-                             data.detail or data.source, split)
-
-
-def _parent_tags(config: PartBConfig, flow_name: str) -> dict:
-    from difflab.train import device_name, pick_device
-
-    return {"flow": flow_name, "profile": config.profile, "git_commit": tracking.git_commit(),
-            "device": device_name(pick_device(config.device))}
-
-
-def run_stage(config: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:
-    ref = TRAINERS[stage](config, data, parent_run_id)
-    name = STAGE_NAMES[stage]
-    tracking.log_metrics({f"{name}.{k}": v for k, v in ref.metrics.items()}, run_id=parent_run_id)
-    tracking.log_tags({f"{name}.run_id": ref.run_id, f"{name}.reused": ref.reused}, parent_run_id)
-    if stage != "denoiser":
-        sample_run = sample_stage(config, ref, parent_run_id)
-        tracking.log_tags({f"{name}.sample_run_id": sample_run}, parent_run_id)
-    return ref
-
-
-@contextlib.contextmanager
-def _parent_run(config: PartBConfig, flow_name: str, parent_run_id: str | None = None,
-                data: DataRef | None = None) -> Iterator[tuple[str, DataRef]]:
-    """The flow's own MLflow run, with the config as params and the data prepared and recorded."""
-    tracking.configure(config.tracking)
-    with tracking.run(f"{flow_name}-{config.profile}", config.tracking.experiment, parent_run_id,
-                      tags=_parent_tags(config, flow_name)) as parent:
-        tracking.log_params(flatten_params(config))
-        data = data or prepare_data(config.data)
-        _log_data(data, parent)
-        yield parent, data
-
-
-def _stage_flow(stage: str):
-    @flow(name=f"train_{STAGE_NAMES[stage]}", log_prints=True)
-    def stage_flow(config: PartBConfig | None = None, data: DataRef | None = None,
-                   parent_run_id: str | None = None) -> StageRef:
-        """One stage; inside part_b it logs under part_b's run, alone it opens a run of its own."""
-        config = config or PartBConfig()
-        if parent_run_id is not None and data is not None:
-            return run_stage(config, stage, data, parent_run_id)
-        with _parent_run(config, STAGE_NAMES[stage], parent_run_id, data) as (parent, data):
-            return run_stage(config, stage, data, parent)
-
-    return stage_flow
-
-
-train_denoiser_flow = _stage_flow("denoiser")
-train_time_ddpm_flow = _stage_flow("time")
-train_class_ddpm_flow = _stage_flow("class")
-STAGE_FLOWS = {"denoiser": train_denoiser_flow, "time": train_time_ddpm_flow, "class": train_class_ddpm_flow}
+from tasks.training import train_stage
 
 
 @flow(name="part_b", log_prints=True)
 def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) -> dict:
-    """Every Part B stage in order; returns the parent run id and each stage's run id."""
+    """Every configured stage in order, then the evaluation; returns run ids and the headline metrics."""
     config = config or PartBConfig()
-    log = get_run_logger()
-    with _parent_run(config, "part_b", parent_run_id) as (parent, data):
-        refs = {stage: STAGE_FLOWS[stage](config, data, parent) for stage in config.stages}
+    with _flow_run(config, "part_b", parent_run_id) as run_id:
+        data = prepare_data(config.data, run_id)
+        refs = {stage: run_stage(config, stage, data, run_id) for stage in config.stages}
         quality = {}
         if config.evaluation.enabled:
-            quality = evaluate(config, data, refs, parent)
-            tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=parent)
-    log.info("Part B done: MLflow run %s — %s", parent, tracking.ui_hint())
-    return {"run_id": parent, "data": data.model_dump(), "evaluation": quality,
-            "stages": {s: r.model_dump() for s, r in refs.items()}}
+            quality = evaluate(config, data, refs, run_id)
+            tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=run_id)
+    get_run_logger().info("Part B done: MLflow run %s — %s", run_id, tracking.ui_hint())
+    return {"run_id": run_id, "data": data.model_dump(), "evaluation": quality,
+            "stages": {s: r.model_dump() for s, r in refs.items()}, "headline": headline(refs, quality)}
+
+
+def run_stage(config: PartBConfig, stage: str, data: DataRef, run_id: str) -> StageRef:
+    """Train (or reuse) one stage, put its headline numbers on the flow's run, and sample it if it samples."""
+    st = STAGES[stage]
+    ref = train_stage(config, stage, data, run_id)
+    tracking.log_metrics({f"{st.name}.{k}": v for k, v in ref.metrics.items()}, run_id=run_id)
+    tracking.log_tags({f"{st.name}.run_id": ref.run_id, f"{st.name}.reused": ref.reused}, run_id)
+    if st.generative:
+        tracking.log_tags({f"{st.name}.sample_run_id": sample_stage(config, ref, run_id)}, run_id)
+    return ref
+
+
+def headline(refs: dict[str, StageRef], quality: dict[str, float]) -> dict[str, float]:
+    """The numbers a runs table compares: each stage's metrics and the evaluation's, as logged on part_b."""
+    out = {f"{STAGES[s].name}.{k}": v for s, r in refs.items() for k, v in r.metrics.items()}
+    return {**out, **{f"eval.{k}": v for k, v in quality.items()}}
+
+
+@contextlib.contextmanager
+def _flow_run(config: PartBConfig, flow_name: str, parent_run_id: str | None) -> Iterator[str]:
+    """The flow's MLflow run, tagged with its profile and device, with the whole config as params."""
+    tracking.configure(config.tracking)
+    with tracking.flow_run(flow_name, f"{flow_name}-{config.profile}", config.tracking.experiment, parent_run_id,
+                           {"profile": config.profile, "device": device_name(pick_device(config.device))}) as run_id:
+        tracking.log_params(flatten_params(config), run_id)
+        yield run_id
+
+
+def _one_stage(config: PartBConfig | None, stage: str) -> StageRef:
+    """A stage alone, under a run of its own named after it."""
+    config = config or PartBConfig()
+    with _flow_run(config, STAGES[stage].name, None) as run_id:
+        return run_stage(config, stage, prepare_data(config.data, run_id), run_id)
+
+
+@flow(name="train_denoiser", log_prints=True)
+def train_denoiser_flow(config: PartBConfig | None = None) -> StageRef:
+    return _one_stage(config, "denoiser")
+
+
+@flow(name="train_time_ddpm", log_prints=True)
+def train_time_ddpm_flow(config: PartBConfig | None = None) -> StageRef:
+    return _one_stage(config, "time")
+
+
+@flow(name="train_class_ddpm", log_prints=True)
+def train_class_ddpm_flow(config: PartBConfig | None = None) -> StageRef:
+    return _one_stage(config, "class")
 
 
 if __name__ == "__main__":
+    import sys
+
     from difflab.cli import main
 
-    raise SystemExit(main(["part-b", *__import__("sys").argv[1:]]))
+    raise SystemExit(main(["part-b", *sys.argv[1:]]))

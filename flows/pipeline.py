@@ -6,6 +6,7 @@ from prefect import flow
 
 from difflab import tracking
 from difflab.config import PipelineConfig
+from difflab.stages import STAGES
 from flows.part_a import part_a
 from flows.part_b import part_b
 
@@ -14,15 +15,15 @@ from flows.part_b import part_b
 def pipeline(config: PipelineConfig | None = None) -> dict:
     config = config or PipelineConfig()
     tracking.configure(config.part_b.tracking)
-    with tracking.run(f"pipeline-{config.part_b.profile}", config.part_b.tracking.experiment,
-                      tags={"flow": "pipeline", "profile": config.part_b.profile,
-                            "git_commit": tracking.git_commit()}) as run:
+    with tracking.flow_run("pipeline", f"pipeline-{config.part_b.profile}", config.part_b.tracking.experiment,
+                           tags={"profile": config.part_b.profile}) as run:
         b = part_b(config=config.part_b, parent_run_id=run)
+        tracking.log_metrics(b["headline"], run_id=run)  # so the runs table compares `make run`s unexpanded
         result = {"run_id": run, "part_b": b}
-        if config.run_part_a and "class" in b["stages"]:
-            cls = b["stages"]["class"]
+        editable = [ref for key, ref in b["stages"].items() if STAGES[key].edits_backend]
+        if config.run_part_a and editable:
             a_cfg = config.part_a.model_copy(update={"backend": "mnist", "mnist": config.part_a.mnist.model_copy(
-                update={"checkpoint": cls["checkpoint"], "data": config.part_b.data})})
+                update={"checkpoint": editable[0]["checkpoint"], "data": config.part_b.data})})
             result["part_a"] = part_a(config=a_cfg, parent_run_id=run)
     return result
 

@@ -16,14 +16,15 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from difflab import edits, tracking, viz
-from difflab.config import PartAConfig, PartBConfig
+from difflab.config import PartAConfig, workdir
 from difflab.edits.guidance import VIEWS
 from difflab.edits.timesteps import scale_timestep, strided_timesteps
 from difflab.train import pick_device
 
-INPUTS_DIR = Path(".difflab") / "part_a"
-SMALL_FACTOR = 4
-"""Hybrids are also shown at 1/4 size, which is how they read from afar."""
+
+
+def inputs_dir() -> Path:
+    return workdir() / "part_a"
 
 
 class PartAInputs(BaseModel):
@@ -35,8 +36,11 @@ class PartAInputs(BaseModel):
     """A .pt file holding the (1, C, H, W) test image in the backend's value range."""
 
 
-def _mnist_checkpoint(cfg: PartAConfig) -> tuple[str, str | None]:
+@task(name="find-mnist-model", cache_policy=NO_CACHE)
+def find_mnist_model(cfg: PartAConfig) -> tuple[str, str | None] | None:
+    """The class-conditioned checkpoint Part A edits with, as (path, MLflow run id); None when there is none."""
     m = cfg.mnist
+    tracking.configure(cfg.tracking)
     if m.checkpoint:
         if not Path(m.checkpoint).exists():
             raise FileNotFoundError(f"checkpoint {m.checkpoint} not found; give the path of a class_ddpm run's "
@@ -47,29 +51,26 @@ def _mnist_checkpoint(cfg: PartAConfig) -> tuple[str, str | None]:
         version = tracking.latest_model_version(m.registered_model)
         run_id = version.run_id if version is not None else None
     if run_id is None:
-        if not m.train_if_missing:
-            raise FileNotFoundError(
-                f"no class-conditioned MNIST model yet (registered model {m.registered_model!r} is empty); "
-                "run `difflab part-b` first, or pass --set mnist.train_if_missing=true, "
-                "or --set mnist.checkpoint=PATH")
-        from flows.part_b import part_b
-
-        get_run_logger().info("no MNIST model yet: training one with the quick profile")
-        result = part_b(config=PartBConfig(profile="quick", stages=["class"], tracking=cfg.tracking))
-        stage = result["stages"]["class"]
-        return stage["checkpoint"], stage["run_id"]
-    path = tracking.download(run_id, "checkpoints/final.pt", INPUTS_DIR / "models" / run_id)
+        return None
+    path = tracking.download(run_id, "checkpoints/final.pt", inputs_dir() / "models" / run_id)
     return str(path), run_id
 
 
+NO_MODEL_HELP = ("run `difflab part-b` first, or pass --set mnist.train_if_missing=true, "
+                 "or --set mnist.checkpoint=PATH")
+
+
 @task(name="prepare-part-a", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def prepare_part_a(cfg: PartAConfig) -> PartAInputs:
-    """Find the model and the test image, and check that the backend loads (fail fast, before any section)."""
+def prepare_part_a(cfg: PartAConfig, mnist_model: tuple[str, str | None] | None = None) -> PartAInputs:
+    """Find the test image and check that the backend loads (fail fast, before any section)."""
     tracking.configure(cfg.tracking)
     pick_device(cfg.device, cfg.cpu_threads)
     run_id = None
     if cfg.backend == "mnist":
-        model, run_id = _mnist_checkpoint(cfg)
+        if mnist_model is None:
+            raise FileNotFoundError(f"no class-conditioned MNIST model yet (registered model "
+                                    f"{cfg.mnist.registered_model!r} is empty); {NO_MODEL_HELP}")
+        model, run_id = mnist_model
     else:
         model = cfg.deepfloyd.stage1
     backend = load_backend(cfg.backend, model, cfg.device, _deepfloyd_json(cfg))
@@ -86,10 +87,11 @@ def prepare_part_a(cfg: PartAConfig) -> PartAInputs:
             raise FileNotFoundError("DeepFloyd needs a test image; pass --set deepfloyd.test_image=PATH "
                                     "(the course uses a 64x64 photo of the Campanile)")
         image = edits.load_image(cfg.deepfloyd.test_image, backend.image_shape, backend.value_range)
-    INPUTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = INPUTS_DIR / f"test_image_{cfg.backend}.pt"
+    inputs_dir().mkdir(parents=True, exist_ok=True)
+    path = inputs_dir() / f"test_image_{cfg.backend}.pt"
     torch.save(image, path)
     return PartAInputs(backend=cfg.backend, model=model, model_run_id=run_id, test_image=str(path))
+
 
 
 def _deepfloyd_json(cfg: PartAConfig) -> str:
@@ -141,14 +143,15 @@ def _section_denoise(cfg, b, image):
     tracking.log_image(_grid_rows(b, [stacked, blurred, torch.cat(list(one.values()))],
                                   ["forward x_t", "best Gaussian blur", "one-step"], labels,
                                   "forward process, classical and one-step denoising"), "forward_blur_one_step")
-    res = edits.denoise_noisy_image(b, image, cfg.i_start, seed=cfg.seed)
-    schedule = strided_timesteps(T)
+    res = edits.denoise_noisy_image(b, image, cfg.i_start, seed=cfg.seed, keep_every=cfg.show_every,
+                                    stride=cfg.stride)
+    schedule = strided_timesteps(T, reference_stride=cfg.stride)
     t_start = schedule[cfg.i_start]
     one_start = edits.one_step_denoise(b, {t_start: res.start})[t_start]
     blur_start, blur_sigma = edits.best_blur(res.start, image)
     tracking.log_image(_grid_rows(b, [torch.cat(res.frames)], ["iterative"],
                                   [f"t={t}" if t >= 0 else "clean" for t in res.frame_steps],
-                                  f"iterative denoising from i_start={cfg.i_start} (every 5th step)"),
+                                  f"iterative denoising from i_start={cfg.i_start} (every {cfg.show_every}th step)"),
                        "iterative_steps")
     tracking.log_image(_grid_rows(b, [torch.cat([image, res.start, res.image, one_start, blur_start])], None,
                                   ["original", f"noisy t={t_start}", "iterative", "one-step",
@@ -157,11 +160,11 @@ def _section_denoise(cfg, b, image):
     tracking.log_metrics({"mse_iterative": mse(res.image), "mse_one_step": mse(one_start),
                           "mse_blur": mse(blur_start)})
     return {"forward_timesteps": list(noisy), "blur_sigmas": sigmas, "i_start": cfg.i_start, "t_start": t_start,
-            "strided_timesteps": schedule}
+            "strided_timesteps": schedule, "stride": cfg.stride, "show_every": cfg.show_every}
 
 
 def _section_sample(cfg, b, image):
-    res = edits.sample(b, None, cfg.num_samples, gamma=None, seed=cfg.seed)
+    res = edits.sample(b, None, cfg.num_samples, gamma=None, seed=cfg.seed, stride=cfg.stride)
     tracking.log_image(viz.grid(res.image, nrow=cfg.num_samples, value_range=b.value_range, scale=4),
                        "samples_unguided")
     _stage2(cfg, b, res.image, [None] * len(res.image), "samples_unguided")
@@ -169,7 +172,7 @@ def _section_sample(cfg, b, image):
 
 
 def _section_cfg(cfg, b, image):
-    rows = [edits.sample(b, c, cfg.num_samples, gamma=cfg.guidance, seed=cfg.seed).image
+    rows = [edits.sample(b, c, cfg.num_samples, gamma=cfg.guidance, seed=cfg.seed, stride=cfg.stride).image
             for c in cfg.cfg_conditions]
     tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.cfg_conditions], None,
                                   f"classifier-free guidance, gamma={cfg.guidance}"), "samples_cfg")
@@ -180,7 +183,7 @@ def _section_cfg(cfg, b, image):
 def _sdedit_rows(cfg, b, images, cond):
     rows = []
     for img in images:
-        out = edits.sdedit(b, img, cond, cfg.sdedit_i_starts, cfg.guidance, cfg.seed)
+        out = edits.sdedit(b, img, cond, cfg.sdedit_i_starts, cfg.guidance, cfg.seed, stride=cfg.stride)
         rows.append(torch.cat([*out.values(), img]))
     return rows
 
@@ -213,7 +216,7 @@ def _section_inpaint(cfg, b, image):
     else:
         r = cfg.inpaint_rect
         mask = edits.rect_mask(size, r.top, r.left, r.height, r.width)
-    res = edits.inpaint(b, image, mask, None, cfg.guidance, cfg.seed)
+    res = edits.inpaint(b, image, mask, None, cfg.guidance, cfg.seed, stride=cfg.stride)
     lo = b.value_range[0]
     shown_mask = mask.expand_as(image) * (b.value_range[1] - lo) + lo
     tracking.log_image(_grid_rows(b, [torch.cat([image, shown_mask, image * (1 - mask) + lo * mask, res.image])],
@@ -226,7 +229,7 @@ def _section_inpaint(cfg, b, image):
 
 def _section_anagram(cfg, b, image):
     for i, spec in enumerate(cfg.anagrams):
-        res = edits.anagram(b, spec.first, spec.second, spec.view, cfg.guidance, seed=cfg.seed)
+        res = edits.anagram(b, spec.first, spec.second, spec.view, cfg.guidance, seed=cfg.seed, stride=cfg.stride)
         viewed = VIEWS[spec.view][0](res.image)
         tracking.log_image(_grid_rows(b, [torch.cat([res.image, viewed])], None,
                                       [repr(spec.first), f"{spec.view}: {spec.second!r}"], "visual anagram"),
@@ -237,13 +240,16 @@ def _section_anagram(cfg, b, image):
 
 def _section_hybrid(cfg, b, image):
     for i, spec in enumerate(cfg.hybrids):
-        res = edits.hybrid(b, spec.low, spec.high, cfg.guidance, seed=cfg.seed)
+        res = edits.hybrid(b, spec.low, spec.high, cfg.guidance, cfg.hybrid_kernel_size, cfg.hybrid_sigma,
+                           seed=cfg.seed, stride=cfg.stride)
         h, w = res.image.shape[-2:]
-        small = torch.nn.functional.interpolate(res.image, size=(h // SMALL_FACTOR, w // SMALL_FACTOR), mode="area")
+        f = cfg.hybrid_small_factor
+        small = torch.nn.functional.interpolate(res.image, size=(h // f, w // f), mode="area")
         tracking.log_image(viz.grid(res.image, value_range=b.value_range, scale=4), f"hybrid_{i}_full")
         tracking.log_image(viz.grid(small, value_range=b.value_range), f"hybrid_{i}_small")
         _stage2(cfg, b, res.image, [spec.low], f"hybrid_{i}")
-    return {"hybrids": [s.model_dump() for s in cfg.hybrids], "kernel_size": 33, "sigma": 2.0}
+    return {"hybrids": [s.model_dump() for s in cfg.hybrids], "kernel_size": cfg.hybrid_kernel_size,
+            "sigma": cfg.hybrid_sigma, "small_factor": cfg.hybrid_small_factor}
 
 
 SECTIONS = {"sample_steps": _section_sample_steps, "denoise": _section_denoise, "sample": _section_sample,

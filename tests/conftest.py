@@ -6,12 +6,9 @@ import os
 
 import pytest
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see difflab/__init__.py; torch is imported below
 
+import difflab  # noqa: E402,F401  (telemetry switches and OpenMP waiting, before torch loads)
 import torch  # noqa: E402
 
 # The suite's models are tiny and the CI machine has two cores shared with a Prefect server:

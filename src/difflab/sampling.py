@@ -1,51 +1,73 @@
-"""Drawing digits from trained DDPMs: plain (time-conditioned) and guided (class-conditioned).
+"""Drawing digits from trained DDPMs: plain (time-conditioned) or guided (class-conditioned).
 
-Thin wrappers over `ddpm.sample` that fix the seed, the batch layout and the
-trajectory frames, so tasks and tests get the same pictures for the same inputs.
+A thin layer over `ddpm.sample` that fixes the seed, the batch layout and the
+trajectory frames, so tasks and tests get the same pictures for the same inputs,
+and every frame comes with the timestep it shows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from difflab.ddpm import DDPMSchedule, cfg_eps_fn, sample, time_eps_fn
+from difflab.ddpm import DDPMSchedule, cfg_eps_fn, kept_timesteps, sample, time_eps_fn
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
+
+
+@dataclass
+class Samples:
+    images: torch.Tensor
+    """(N, 1, 28, 28) in [0, 1]."""
+    labels: torch.Tensor | None = None
+    """The digit asked for, per image; None for the time-conditioned model."""
+    frames: list[torch.Tensor] = field(default_factory=list)
+    """The denoising trajectory, pure noise first, unclipped."""
+    frame_timesteps: list[int] = field(default_factory=list)
+    """frames[i] is x at t = frame_timesteps[i]: T for the pure noise, 0 for the result."""
 
 
 def schedule_from_extra(extra: dict) -> DDPMSchedule:
     """The schedule a checkpoint was trained with (stored in its `extra`)."""
-    return DDPMSchedule(extra["num_timesteps"], extra["beta1"], extra["beta2"])
+    return DDPMSchedule(int(extra["num_timesteps"]), float(extra["beta1"]), float(extra["beta2"]))
 
 
-def _frames_every(schedule: DDPMSchedule, frames: int) -> int:
-    return max(1, schedule.num_timesteps // max(1, frames)) if frames else 0
-
-
-@torch.no_grad()
-def sample_time_conditioned(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0,
-                            frames: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """n digits from the time-conditioned UNet; returns (images clipped to [0, 1], trajectory)."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    schedule = schedule.to(device)
-    x, traj = sample(time_eps_fn(model.eval(), schedule), schedule, (n, 1, IMAGE_SIZE, IMAGE_SIZE), gen, device,
-                     keep_every=_frames_every(schedule, frames))
-    return x.clamp(0, 1).cpu(), traj
+def frames_every(num_timesteps: int, frames: int) -> int:
+    """Keep every k-th state so that about `frames` frames span the trajectory (0: none)."""
+    return max(1, num_timesteps // max(1, frames)) if frames else 0
 
 
 @torch.no_grad()
-def sample_class_conditioned(model: nn.Module, schedule: DDPMSchedule, labels: torch.Tensor, guidance: float,
-                             seed: int = 0, frames: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One guided sample per label; returns (images clipped to [0, 1], trajectory)."""
+def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels: torch.Tensor | None = None,
+         guidance: float = 0.0, frames: int = 0) -> Samples:
+    """n samples (one per label when labels are given, guided with classifier-free guidance)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     schedule = schedule.to(device)
-    labels = labels.to(device)
-    x, traj = sample(cfg_eps_fn(model.eval(), schedule, labels, guidance), schedule,
-                     (len(labels), 1, IMAGE_SIZE, IMAGE_SIZE), gen, device,
-                     keep_every=_frames_every(schedule, frames))
-    return x.clamp(0, 1).cpu(), traj
+    model.eval()
+    if labels is None:
+        eps_fn = time_eps_fn(model, schedule)
+    else:
+        n = len(labels)
+        eps_fn = cfg_eps_fn(model, schedule, labels.to(device), guidance)
+    x_T = torch.randn((n, 1, IMAGE_SIZE, IMAGE_SIZE), generator=gen, device=device)
+    every = frames_every(schedule.num_timesteps, frames)
+    x, traj = sample(eps_fn, schedule, x_T.shape, gen, device, x_T=x_T, keep_every=every)
+    steps = kept_timesteps(schedule.num_timesteps, every)
+    if every:
+        traj, steps = [x_T.cpu(), *traj], [schedule.num_timesteps, *steps]
+    return Samples(x.clamp(0, 1).cpu(), None if labels is None else labels.cpu(), traj, steps)
+
+
+def draw_batched(model: nn.Module, schedule: DDPMSchedule, n: int, batch: int, seed: int = 0,
+                 labels: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
+    """Many samples in batches (batch k seeded seed + k * batch), for evaluation."""
+    out = []
+    for i in range(0, n, batch):
+        part = None if labels is None else labels[i:i + batch]
+        out.append(draw(model, schedule, min(batch, n - i), seed + i, part, guidance).images)
+    return torch.cat(out)
 
 
 def digit_labels(per_class: int, num_classes: int = NUM_CLASSES) -> torch.Tensor:

@@ -33,19 +33,11 @@ _BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 _PARAM_MAX = 6000
 
 
-def quiet_environment() -> None:
-    """Turn off telemetry that otherwise prints tracebacks and locks sqlite."""
-    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DO_NOT_TRACK": "1", "GIT_PYTHON_REFRESH": "quiet"}.items():
-        os.environ.setdefault(key, value)
-
-
 def tracking_uri(cfg: TrackingConfig | None = None) -> str:
     return (cfg.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def configure(cfg: TrackingConfig | None = None) -> str:
-    quiet_environment()
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     return uri
@@ -84,6 +76,17 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         raise
     else:
         active.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def flow_run(flow_name: str, run_name: str, experiment: str, parent_run_id: str | None = None,
+             tags: Mapping[str, Any] | None = None) -> Iterator[str]:
+    """A flow's own run: tagged with the flow, the code's commit (also as MLflow's Source column) and any
+    extra tags; runs nested under parent_run_id when the flow is part of a bigger one."""
+    commit = git_commit()
+    all_tags = {"flow": flow_name, "git_commit": commit, "mlflow.source.git.commit": commit, **(tags or {})}
+    with run(run_name, experiment, parent_run_id, all_tags) as run_id:
+        yield run_id
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -160,26 +163,42 @@ def log_model(model, registered_name: str | None = None) -> str:
     return info.model_uri
 
 
-def log_dataset(features, targets, name: str, digest: str, source: str, context: str) -> None:
+def log_dataset(features, targets, name: str, digest: str, source: str, context: str,
+                run_id: str | None = None) -> None:
     """An MLflow input dataset; the source is described by tags (a path string is ambiguous to MLflow)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest,
                                      source=CodeDatasetSource(tags={"difflab.data_source": source}))
-    mlflow.log_input(dataset, context=context)
+    rid = run_id or mlflow.active_run().info.run_id
+    MlflowClient().log_inputs(rid, [DatasetInput(dataset._to_mlflow_entity(),
+                                                 [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
 
 def find_cached_run(experiment: str, cache_key: str) -> str | None:
-    """The newest FINISHED run carrying this cache key, if any."""
+    """The newest FINISHED run that trained with this cache key and holds its artifacts.
+
+    A `(reused)` run only points at such a run (tag difflab.reused_from); older versions copied the
+    cache key into it, so a pointer is followed to the run it names rather than returned.
+    """
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
     runs = MlflowClient().search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{CACHE_KEY_TAG}` = '{cache_key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        order_by=["attributes.start_time DESC"], max_results=50,
     )
-    return runs[0].info.run_id if runs else None
+    for r in runs:
+        original = r.data.tags.get(REUSED_TAG)
+        if original is None:
+            return r.info.run_id
+        with contextlib.suppress(Exception):
+            if get_run(original).info.status == "FINISHED":
+                return original
+    return None
 
 
 def get_run(run_id: str):

@@ -15,11 +15,39 @@ from typing import Callable
 import torch
 from torch import nn
 
-from difflab.config import TrainingPlan
+from difflab.config import COURSE_TRAIN_IMAGES
 from difflab.unet import build_model
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 """loss_fn(model, images, labels, generator) -> scalar loss."""
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How many epochs a training really runs, after matching the course's optimizer steps."""
+
+    epochs: int
+    steps_per_epoch: int
+    snapshot_epochs: list[int]
+    lr_gamma: float
+    epoch_scale: float
+    """epochs / configured epochs: 1 unless the course's step count was matched on less data."""
+
+
+def plan_training(epochs: int, batch_size: int, snapshot_epochs: list[int], n_train: int,
+                  match_course_steps: bool, lr_final_factor: float = 1.0) -> TrainingPlan:
+    """The course counts epochs of 60,000 images; on fewer images, keep its optimizer steps when asked."""
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    scale = 1.0
+    if match_course_steps and n_train < COURSE_TRAIN_IMAGES:
+        course_steps = epochs * math.ceil(COURSE_TRAIN_IMAGES / batch_size)
+        new_epochs = math.ceil(course_steps / steps_per_epoch)
+        scale = new_epochs / epochs
+        epochs = new_epochs
+    snaps = sorted({min(epochs, max(1, round(e * scale))) for e in snapshot_epochs if e >= 1})
+    gamma = lr_final_factor ** (1.0 / epochs)
+    return TrainingPlan(epochs=epochs, steps_per_epoch=steps_per_epoch, snapshot_epochs=snaps,
+                        lr_gamma=gamma, epoch_scale=scale)
 
 
 @dataclass

@@ -14,6 +14,17 @@ import torch
 from PIL import Image
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg back-end: the one place the back-end is chosen (no display here)."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg":
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """(N, C, H, W) float -> (N, H, W, C) uint8, clipped to value_range."""
     lo, hi = value_range
@@ -42,11 +53,7 @@ def labeled_grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | None 
                  col_labels: Sequence[str] | None = None, value_range=(0.0, 1.0), title: str | None = None,
                  cell_inches: float = 1.1) -> Image.Image:
     """A matplotlib table of images: rows[i] is (N_i, C, H, W); labels on the left and top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ncols = max(len(r) for r in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(cell_inches * ncols + 0.8, cell_inches * len(rows) + 0.5),
                              squeeze=False)
@@ -73,22 +80,28 @@ def labeled_grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | None 
 
 
 def figure_to_image(fig) -> Image.Image:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig.canvas.draw()
     img = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     return img
 
 
+def trajectory_grid(frames: Sequence[torch.Tensor], timesteps: Sequence[int], rows: int,
+                    title: str | None = None) -> Image.Image:
+    """Up to `rows` samples (evenly picked) followed through the denoising, each column labelled with the
+    timestep its frame shows."""
+    n = len(frames[0])
+    picks = torch.linspace(0, n - 1, min(rows, n)).long()
+    columns = [f.clamp(0, 1)[picks] for f in frames]
+    per_sample = [torch.stack([c[r] for c in columns]) for r in range(len(picks))]
+    return labeled_grid(per_sample, None, [f"t={t}" for t in timesteps], title=title)
+
+
 def loss_curve(losses: Sequence[float] | dict[str, Sequence[float]], title: str = "training loss",
                log_scale: bool = True) -> Image.Image:
     """Per-step losses (one series or several named ones) with a moving average."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     series = losses if isinstance(losses, dict) else {"loss": losses}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in series.items():

@@ -15,14 +15,15 @@ from typing import Callable, Sequence
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA, PART_A_SEED
 from difflab.ddpm import add_noise, learned_range_variance, posterior_mean, posterior_variance, predict_x0
 from difflab.edits.backend import Backend, NoiseEstimate, num_timesteps
 from difflab.edits.guidance import (EstimateFn, anagram_estimate, conditional, get_view, guided,
                                     hybrid_estimate)
 from difflab.edits.timesteps import (FORWARD_TIMESTEPS, SDEDIT_I_STARTS, check_i_start, check_timestep,
-                                     inference_timesteps, scale_timestep, strided_timesteps)
+                                     REFERENCE_STRIDE, inference_timesteps, scale_timestep, strided_timesteps)
 
-SEED = 180
+SEED = PART_A_SEED
 Condition = str | torch.Tensor
 AfterStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """after_step(x, alpha_bar_next) -> x, applied after each update (inpainting's projection)."""
@@ -155,9 +156,10 @@ def one_step_denoise(backend: Backend, noisy: dict[int, torch.Tensor], cond: Con
 
 
 def denoise_noisy_image(backend: Backend, image: torch.Tensor, i_start: int = 10, cond: Condition | None = None,
-                        gamma: float | None = None, seed: int = SEED, keep_every: int = 5) -> DenoiseResult:
+                        gamma: float | None = None, seed: int = SEED, keep_every: int = 5,
+                        stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """Section 1.4: noise image to timesteps[i_start], then denoise iteratively (result.start is the noisy input)."""
-    ts = strided_timesteps(num_timesteps(backend))
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
     i_start = check_i_start(i_start, ts)
     gen = generator(seed)
     x_t = _noise_to(backend, image, ts[i_start], gen)
@@ -165,9 +167,11 @@ def denoise_noisy_image(backend: Backend, image: torch.Tensor, i_start: int = 10
 
 
 def sample(backend: Backend, cond: Condition | None = None, num: int = 1, gamma: float | None = 7.0,
-           seed: int = SEED, timesteps: Sequence[int] | None = None, keep_every: int = 5) -> DenoiseResult:
+           seed: int = SEED, timesteps: Sequence[int] | None = None, keep_every: int = 5,
+           stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """Images from pure noise (i_start = 0); gamma=None samples without guidance (section 1.5)."""
-    ts = list(timesteps) if timesteps is not None else strided_timesteps(num_timesteps(backend))
+    ts = list(timesteps) if timesteps is not None else strided_timesteps(num_timesteps(backend),
+                                                                         reference_stride=stride)
     gen = generator(seed)
     x_T = randn((num, *backend.image_shape), gen)
     return iterative_denoise(backend, x_T, estimator(backend, cond, gamma), ts, 0, gen, keep_every)
@@ -186,12 +190,12 @@ def sample_at_steps(backend: Backend, conds: Sequence[Condition], steps: Sequenc
 
 def sdedit(backend: Backend, image: torch.Tensor, cond: Condition | None = None,
            i_starts: Sequence[int] = SDEDIT_I_STARTS, gamma: float | None = 7.0,
-           seed: int = SEED) -> dict[int, torch.Tensor]:
+           seed: int = SEED, stride: int = REFERENCE_STRIDE) -> dict[int, torch.Tensor]:
     """Noise image to timesteps[i_start] and denoise with CFG, for each i_start: {i_start: edited}.
 
     With a condition other than the image's own content this is text-conditional image-to-image.
     """
-    ts = strided_timesteps(num_timesteps(backend))
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
     estimate = estimator(backend, cond, gamma)
     out = {}
     for i_start in i_starts:
@@ -207,13 +211,14 @@ image_to_image = sdedit
 
 
 def inpaint(backend: Backend, image: torch.Tensor, mask: torch.Tensor, cond: Condition | None = None,
-            gamma: float | None = 7.0, seed: int = SEED, keep_every: int = 5) -> DenoiseResult:
+            gamma: float | None = 7.0, seed: int = SEED, keep_every: int = 5,
+            stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """Fill the mask (1 = new content) from pure noise; after every step
     x_t <- m x_t + (1 - m) forward(x_orig, t), so the rest ends equal to the original."""
     if mask.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"mask is {tuple(mask.shape[-2:])} but the image is {tuple(image.shape[-2:])}; "
                          "make them the same size")
-    ts = strided_timesteps(num_timesteps(backend))
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
     gen = generator(seed)
     orig, m = _to(backend, image), _to(backend, mask)
 
@@ -225,20 +230,21 @@ def inpaint(backend: Backend, image: torch.Tensor, mask: torch.Tensor, cond: Con
 
 
 def anagram(backend: Backend, cond1: Condition, cond2: Condition, view: str = "flip", gamma: float | None = 7.0,
-            num: int = 1, seed: int = SEED) -> DenoiseResult:
+            num: int = 1, seed: int = SEED, stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """A visual anagram: reads as cond1, and as cond2 after `view` (flip, rot90, rot180)."""
     get_view(view)
     estimate = anagram_estimate(estimator(backend, cond1, gamma), estimator(backend, cond2, gamma), view)
     gen = generator(seed)
-    ts = strided_timesteps(num_timesteps(backend))
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
     return iterative_denoise(backend, randn((num, *backend.image_shape), gen), estimate, ts, 0, gen)
 
 
 def hybrid(backend: Backend, cond_low: Condition, cond_high: Condition, gamma: float | None = 7.0,
-           kernel_size: int = 33, sigma: float = 2.0, num: int = 1, seed: int = SEED) -> DenoiseResult:
+           kernel_size: int = HYBRID_KERNEL_SIZE, sigma: float = HYBRID_SIGMA, num: int = 1, seed: int = SEED,
+           stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """A hybrid image: cond_low's low frequencies (seen from afar) with cond_high's high frequencies."""
     estimate = hybrid_estimate(estimator(backend, cond_low, gamma), estimator(backend, cond_high, gamma),
                                kernel_size, sigma)
     gen = generator(seed)
-    ts = strided_timesteps(num_timesteps(backend))
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
     return iterative_denoise(backend, randn((num, *backend.image_shape), gen), estimate, ts, 0, gen)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from difflab.config import PART_A_SEED, workdir
 from difflab.edits.backend import BackendUnavailable, NoiseEstimate
 
 STAGE1 = "DeepFloyd/IF-I-XL-v1.0"
@@ -130,7 +131,7 @@ class DeepFloydBackend:
     def __init__(self, stage1: str | Path = STAGE1, stage2: str | Path | None = STAGE2,
                  embeddings: str | Path | dict[str, torch.Tensor] | None = None, encode_prompts: bool = False,
                  device: torch.device | str = "auto", fp16: bool | None = None, cpu_offload: bool = False,
-                 token: str | None = None, embedding_cache: str | Path = ".difflab/prompt_embeds",
+                 token: str | None = None, embedding_cache: str | Path | None = None,
                  probe_timeout: float = 5.0, pipeline: Any = None):
         """pipeline: an already built stage I IFPipeline (benchmarks, callers that hold one); skips loading stage1."""
         self._load = dict(device=device, fp16=fp16, cpu_offload=cpu_offload, token=token, probe_timeout=probe_timeout)
@@ -149,7 +150,7 @@ class DeepFloydBackend:
             embeddings = load_embeddings(embeddings)
         self.embeddings: dict[str, torch.Tensor] = dict(embeddings or {})
         self.encode_prompts = encode_prompts
-        self.embedding_cache = Path(embedding_cache)
+        self.embedding_cache = Path(embedding_cache) if embedding_cache else workdir() / "prompt_embeds"
         self._encoder = None
 
     def _cache_path(self, prompt: str) -> Path:
@@ -207,7 +208,7 @@ class DeepFloydBackend:
 
     @torch.no_grad()
     def upsample(self, images: torch.Tensor, conds: Sequence[str | torch.Tensor], num_inference_steps: int = 50,
-                 guidance_scale: float = 4.0, noise_level: int = 250, seed: int = 180) -> torch.Tensor:
+                 guidance_scale: float = 4.0, noise_level: int = 250, seed: int = PART_A_SEED) -> torch.Tensor:
         """Stage II: each 64x64 image in [-1, 1] with its prompt -> 256x256 in [-1, 1] (CPU)."""
         if len(conds) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(conds)} prompts; give one prompt per image")

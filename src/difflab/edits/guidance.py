@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA
 from difflab.ddpm import cfg
 from difflab.edits.backend import Backend, NoiseEstimate
 
@@ -72,17 +73,17 @@ def anagram_estimate(first: EstimateFn, second: EstimateFn, view: str = "flip") 
     return estimate
 
 
-def lowpass(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0) -> torch.Tensor:
+def lowpass(x: torch.Tensor, kernel_size: int = HYBRID_KERNEL_SIZE, sigma: float = HYBRID_SIGMA) -> torch.Tensor:
     """Gaussian blur (reflect padding), the hybrid images' low-pass filter."""
     return gaussian_blur(x, [kernel_size, kernel_size], [sigma, sigma])
 
 
-def highpass(x: torch.Tensor, kernel_size: int = 33, sigma: float = 2.0) -> torch.Tensor:
+def highpass(x: torch.Tensor, kernel_size: int = HYBRID_KERNEL_SIZE, sigma: float = HYBRID_SIGMA) -> torch.Tensor:
     """x - lowpass(x), so lowpass + highpass gives x back exactly."""
     return x - lowpass(x, kernel_size, sigma)
 
 
-def hybrid_estimate(low: EstimateFn, high: EstimateFn, kernel_size: int = 33, sigma: float = 2.0) -> EstimateFn:
+def hybrid_estimate(low: EstimateFn, high: EstimateFn, kernel_size: int = HYBRID_KERNEL_SIZE, sigma: float = HYBRID_SIGMA) -> EstimateFn:
     """eps = lowpass(eps1) + highpass(eps2): prompt 1 from afar, prompt 2 up close."""
 
     def estimate(x: torch.Tensor, t: int) -> NoiseEstimate:

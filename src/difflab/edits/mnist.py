@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from difflab import stages
 from difflab.ddpm import DDPMSchedule
 from difflab.edits.backend import NoiseEstimate
-from difflab.train import load_model
-from difflab.unet import ClassConditionalUNet
+from difflab.unet import ClassConditionalUNet, one_hot
 
 UNCONDITIONAL_NAMES = ("", "uncond")
 
@@ -37,14 +36,9 @@ class MnistBackend:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> "MnistBackend":
-        """A checkpoint written by `difflab.train.save_checkpoint`; its extra holds the DDPM schedule."""
-        model, extra = load_model(path, device)
-        missing = {"num_timesteps", "beta1", "beta2"} - set(extra)
-        if missing:
-            raise ValueError(f"checkpoint {path} lacks the schedule keys {sorted(missing)} in its extra dict; "
-                             "use a class-conditioned DDPM checkpoint from the training flow")
-        schedule = DDPMSchedule(int(extra["num_timesteps"]), float(extra["beta1"]), float(extra["beta2"]))
-        return cls(model, schedule, device)
+        """A checkpoint written by the training flow; it records the DDPM schedule it was trained with."""
+        trained = stages.load(path, device)
+        return cls(trained.model, trained.schedule, device)
 
     def condition(self, name: str) -> torch.Tensor:
         if name in UNCONDITIONAL_NAMES:
@@ -52,7 +46,7 @@ class MnistBackend:
         if not (name.isdigit() and int(name) < self.num_classes):
             raise ValueError(f"unknown MNIST condition {name!r}; use a digit '0'..'{self.num_classes - 1}' "
                              "or '' for unconditional")
-        return nn.functional.one_hot(torch.tensor([int(name)]), self.num_classes).float().to(self.device)
+        return one_hot(torch.tensor([int(name)]), self.num_classes).to(self.device)
 
     def uncond(self) -> torch.Tensor:
         return torch.zeros(1, self.num_classes, device=self.device)

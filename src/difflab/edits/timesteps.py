@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from difflab.config import PART_A_STRIDE
+
 REFERENCE_T = 1000
-REFERENCE_STRIDE = 30
+REFERENCE_STRIDE = PART_A_STRIDE
 FORWARD_TIMESTEPS = (250, 500, 750)
 SDEDIT_I_STARTS = (1, 3, 5, 7, 10, 20)
 
 
-def strided_timesteps(num_timesteps: int, stride: int | None = None) -> list[int]:
-    """Descending steps by stride = round(30 T / 1000), from the largest multiple below T down to 0.
+def strided_timesteps(num_timesteps: int, stride: int | None = None,
+                      reference_stride: int = REFERENCE_STRIDE) -> list[int]:
+    """Descending steps by stride = round(reference_stride T / 1000), from the largest multiple below T to 0.
 
-    T = 1000 gives 990, 960, ..., 0; T = 300 gives 297, 288, ..., 0 (34 steps each).
+    T = 1000 gives 990, 960, ..., 0; T = 300 gives 297, 288, ..., 0 (34 steps each, reference stride 30).
     """
-    stride = stride or max(1, round(REFERENCE_STRIDE * num_timesteps / REFERENCE_T))
+    stride = stride or max(1, round(reference_stride * num_timesteps / REFERENCE_T))
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     start = (num_timesteps - 1) // stride * stride

@@ -84,6 +84,10 @@ def test_rerun_reuses_unchanged_stages_and_force_retrains(part_b_run):
     assert {s: r["run_id"] for s, r in second["stages"].items()} == {s: r["run_id"] for s, r in first.items()}
     kids = _children(MlflowClient(), second["run_id"])
     assert kids["denoiser (reused)"].data.tags["difflab.reused_from"] == first["denoiser"]["run_id"]
+    # however many reruns there were, reuse points at the run that holds the artifacts (a nightly's third night)
+    third = part_b(config=PartBConfig(**TINY, stages=["denoiser", "class"]))
+    assert {s: r["run_id"] for s, r in third["stages"].items()} == {s: first[s]["run_id"] for s in ("denoiser", "class")}
+    assert all(r["reused"] for r in third["stages"].values())
 
     changed = part_b(config=PartBConfig(**{**TINY, "class_ddpm": {"num_timesteps": 10, "guidance": 2.0}},
                                         stages=["class"]))

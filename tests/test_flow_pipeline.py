@@ -32,6 +32,10 @@ def test_pipeline_runs_part_b_then_part_a_with_quality_metrics(pipeline_run):
     part_b = client.get_run(pipeline_run["part_b"]["run_id"])
     part_a = client.get_run(pipeline_run["part_a"]["run_id"])
     assert part_b.data.tags["mlflow.parentRunId"] == part_a.data.tags["mlflow.parentRunId"] == top.info.run_id
+    # the top-level run compares in the runs table without expanding it, and fills MLflow's Source column
+    for key in ("eval.class_agreement", "eval.denoiser_psnr", "class_ddpm.final_loss", "denoiser.train_seconds"):
+        assert top.data.metrics[key] == part_b.data.metrics[key], key
+    assert top.data.tags["mlflow.source.git.commit"] == top.data.tags["git_commit"] != ""
 
     # evaluation: headline numbers on the Part B parent, details in its evaluation child
     for key in ("judge_accuracy", "class_agreement", "class_confidence", "class_frechet", "time_frechet",

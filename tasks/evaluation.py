@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from difflab import stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
-from difflab.metrics import judge_accuracy, load_judge, save_judge, train_judge
+from difflab.metrics import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
 from difflab.train import pick_device
 from tasks.refs import DataRef, StageRef
 
@@ -48,9 +48,10 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
         judge, acc, cached, judge_path = get_judge(cfg, data, mnist)
         tracking.log_params({**{f"judge.{k}": v for k, v in ev.judge.model_dump().items()},
                              "num_samples": ev.num_samples, "judge.cached": cached})
-        tracking.log_metrics({"judge.heldout_accuracy": acc})
+        acc_noisy = judge_accuracy_corrupted(judge, mnist.test_images, mnist.test_labels)
+        tracking.log_metrics({"judge.heldout_accuracy": acc, "judge.heldout_accuracy_noisy": acc_noisy})
         tracking.log_file(judge_path, "judge")
-        headline = {"judge_accuracy": acc}
+        headline = {"judge_accuracy": acc, "judge_accuracy_noisy": acc_noisy}
         for key, ref in refs.items():
             st = stages.STAGES[key]
             result = st.evaluate(stages.load(ref.checkpoint, device), st.config(cfg), ev, judge, real_train,

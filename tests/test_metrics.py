@@ -21,6 +21,7 @@ from difflab.metrics import (
     frechet_distance,
     frechet_vs_real,
     judge_accuracy,
+    judge_accuracy_corrupted,
     judge_features,
     judge_predict,
     load_judge,
@@ -31,8 +32,8 @@ from difflab.metrics import (
 )
 
 TARGET_HELDOUT_ACCURACY = 0.97
-NOISE_SIGMAS = [0.0, 0.1, 0.2, 0.4]
-BLUR_SIGMAS = [0.0, 1.0, 1.5, 2.0]
+NOISE_SIGMAS = [0.0, 0.3, 0.6, 1.0]  # the judge is trained to read digits through sigma <= 0.2
+BLUR_SIGMAS = [0.0, 1.5, 2.5, 3.5]
 BLUR_KERNEL = 13
 
 
@@ -88,6 +89,14 @@ def test_judge_accuracy_falls_and_distance_rises_with_noise(judge, mnist, real_r
     accs, dists = _corruption_curve(judge, mnist, real_reference,
                                     lambda x, s: (x + s * eps).clamp(0, 1), NOISE_SIGMAS)
     _assert_monotone(accs, dists)
+
+
+def test_judge_reads_digits_through_the_defects_samples_show(judge, mnist):
+    """Trained with noise and grey offsets, the judge is not fooled by a speckled or grey background
+    (a judge trained on clean digits only reads 41% at sigma 0.2 and 12% on a 0.15 grey background)."""
+    assert judge_accuracy_corrupted(judge, mnist.test_images, mnist.test_labels, sigma=0.2) >= 0.97
+    grey = (to_float(mnist.test_images) + 0.15).clamp(0, 1)
+    assert judge_accuracy(judge, grey, mnist.test_labels) >= 0.97
 
 
 def test_judge_accuracy_falls_and_distance_rises_with_blur(judge, mnist, real_reference):
@@ -168,7 +177,7 @@ def test_frechet_rejects_mismatched_features():
 
 def test_frechet_vs_real_puts_noise_above_the_real_floor(judge, mnist):
     x = to_float(mnist.test_images[:200])
-    noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     result = frechet_vs_real(judge, noisy, mnist.train_images, mnist.test_images)
     assert result["num_samples"] == 200
     assert 0 < result["frechet_real_floor"] < result["frechet"] / 5

@@ -123,6 +123,13 @@ class JudgeConfig(_Strict):
     """Augmentation: random translation of up to this many pixels in each direction."""
     max_rotation_deg: float = Field(10.0, ge=0)
     """Augmentation: random rotation of up to this many degrees."""
+    corrupt_prob: float = Field(0.5, ge=0, le=1)
+    """Augmentation: share of training digits given the corruptions samples show (noise, grey offset),
+    so speckled or grey-backgrounded samples are judged by their digit, not their background."""
+    max_noise: float = Field(0.2, ge=0)
+    """Corruption: clipped Gaussian noise of a random sigma up to this."""
+    max_offset: float = Field(0.15, ge=0)
+    """Corruption: a grey background offset of up to this."""
     seed: int = 0
     num_threads: int = Field(2, gt=0)
     """CPU threads while training; the machines are shared."""

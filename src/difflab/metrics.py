@@ -73,7 +73,31 @@ def _augment(x: torch.Tensor, cfg: JudgeConfig, generator: torch.Generator) -> t
         torch.stack([sin, cos, shift[:, 1] * 2 / h], dim=1),
     ], dim=1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    x = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    return corrupt(x, cfg, generator)
+
+
+def corrupt(x: torch.Tensor, cfg: JudgeConfig, generator: torch.Generator) -> torch.Tensor:
+    """The defects samples show, on a random cfg.corrupt_prob share of x: clipped noise of a random
+    sigma <= cfg.max_noise and a grey offset <= cfg.max_offset, each image its own."""
+    n = x.shape[0]
+    hit = (torch.rand(n, 1, 1, 1, generator=generator) < cfg.corrupt_prob).float()
+    sigma = torch.rand(n, 1, 1, 1, generator=generator) * cfg.max_noise
+    offset = torch.rand(n, 1, 1, 1, generator=generator) * cfg.max_offset
+    noisy = x + sigma * torch.randn(x.shape, generator=generator) + offset
+    return (hit * noisy + (1 - hit) * x).clamp(0, 1)
+
+
+HELDOUT_CORRUPTION_SIGMA = 0.2
+"""The corruption the judge's robustness is reported at: clipped noise of sigma 0.2 on held-out digits."""
+
+
+def judge_accuracy_corrupted(judge: "Judge", images: torch.Tensor, labels: torch.Tensor,
+                             sigma: float = HELDOUT_CORRUPTION_SIGMA, seed: int = 0) -> float:
+    """Held-out accuracy on digits with clipped Gaussian noise (a fixed draw), the defect samples show most."""
+    x = _as_input(images)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    return judge_accuracy(judge, (x + sigma * eps).clamp(0, 1), labels)
 
 
 def train_judge(images: torch.Tensor, labels: torch.Tensor, cfg: JudgeConfig | None = None) -> Judge:

@@ -52,8 +52,23 @@ def _read_config_file(path: str) -> dict:
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"config file {path}{where}: invalid YAML ({problem}); fix the syntax there") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} line {exc.lineno}: invalid JSON ({exc.msg}); fix the syntax there "
+                             "(or name the file .yaml to write YAML)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} holds a {type(data).__name__}, not a mapping of config keys; "
+                         "write e.g. `class_ddpm: {epochs: 3}`")
+    return data
 
 
 def build_config(config_ref: str, args: argparse.Namespace):

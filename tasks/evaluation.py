@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from difflab import tracking, viz
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
+from difflab.files import CorruptFileError, set_aside
 from difflab.metrics import (class_agreement, denoiser_metrics, frechet_vs_real, judge_accuracy, judge_predict,
                              load_judge, save_judge, train_judge)
 from difflab.sampling import sample_class_conditioned, sample_time_conditioned, schedule_from_extra
@@ -34,9 +35,15 @@ def get_judge(cfg: PartBConfig, data: DataRef, mnist: MnistData):
     """Load the cached judge for this data set, or train and cache it; returns (judge, accuracy, cached)."""
     key = tracking.cache_key(data.checksum, cfg.evaluation.judge.model_dump())
     path = Path(cfg.evaluation.judge_cache) / f"judge-{key}.pt"
-    cached = path.exists()
-    judge = load_judge(path) if cached else train_judge(mnist.train_images, mnist.train_labels, cfg.evaluation.judge)
-    if not cached:
+    judge = None
+    if path.exists():
+        try:
+            judge = load_judge(path)
+        except CorruptFileError as exc:  # issue 8: a corrupt cache entry is set aside and the judge retrained
+            set_aside(path, str(exc))
+    cached = judge is not None
+    if judge is None:
+        judge = train_judge(mnist.train_images, mnist.train_labels, cfg.evaluation.judge)
         save_judge(judge, path)
     return judge, judge_accuracy(judge, mnist.test_images, mnist.test_labels), cached, path
 

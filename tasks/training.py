@@ -21,7 +21,7 @@ from difflab.config import DDPMConfig, DenoiserConfig, PartBConfig, flatten_para
 from difflab.data import MnistData, to_float
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
 from difflab.sampling import digit_labels, sample_class_conditioned, sample_time_conditioned
-from difflab.train import EpochResult, device_name, fit, pick_device, save_checkpoint
+from difflab.train import EpochResult, device_name, fit, pick_device, resume_epoch, save_checkpoint
 from difflab.unet import build_model, count_parameters
 from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
@@ -144,7 +144,7 @@ def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str)
     plan = plan_training(scfg.epochs, scfg.batch_size, scfg.snapshot_epochs, len(y_train), scfg.match_course_steps,
                          scfg.lr_final_factor if is_ddpm else 1.0)
     last = ckpt_dir / "last.pt"
-    if last.exists() and torch.load(last, weights_only=False)["epoch"] >= plan.epochs:
+    if resume_epoch(last) >= plan.epochs:  # issue 8: a corrupt last.pt is set aside, not fatal
         shutil.rmtree(ckpt_dir)  # a finished leftover without its MLflow run: redo it to log every deliverable
 
     if is_ddpm:

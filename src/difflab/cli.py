@@ -127,6 +127,33 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines[:3]) if type(exc).__name__ == "ValidationError" else lines[0]
 
 
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _disk_full_line(exc: BaseException) -> str | None:
+    """One line for a full disk, naming where, whichever layer (torch, SQLite, MLflow) noticed it first."""
+    from difflab.files import DiskFullError, is_disk_full
+
+    if not is_disk_full(exc):
+        return None
+    for e in _chain(exc):
+        if isinstance(e, DiskFullError):
+            return str(e)
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.filename:
+            return f"disk full: no space left to write {e.filename}; free some space and rerun " \
+                   "(training resumes from its last checkpoint)"
+    from difflab import tracking
+
+    return f"disk full: the MLflow store {tracking.tracking_uri()} (in {Path.cwd()}) could not be written; " \
+           "free some space and rerun (training resumes from its last checkpoint)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from difflab.tracking import quiet_environment
 
@@ -158,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"MLflow run {run_id}: {tracking.run_url(run_id)}\n{tracking.ui_hint()}")
         return 0
     exc = state.result(raise_on_failure=False)
+    disk_full = _disk_full_line(exc) if isinstance(exc, BaseException) else None
+    if disk_full:
+        print(f"difflab: error: {disk_full}", file=sys.stderr)
+        return 2
     if isinstance(exc, BaseException):
         print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
     else:

@@ -10,9 +10,11 @@ from prefect.cache_policies import NO_CACHE
 from difflab.config import DataConfig
 from difflab.data import load_mnist
 from tasks.refs import DataRef
+from tasks.retry import retry_if_transient
 
 
-@task(name="download-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="download-data", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def prepare_data(cfg: DataConfig) -> DataRef:
     data = load_mnist(cfg)
     path = data.save(Path(cfg.root) / "prepared" / f"{data.source}-{data.checksum}.pt")

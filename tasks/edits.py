@@ -20,6 +20,7 @@ from difflab.config import PartAConfig, PartBConfig
 from difflab.edits.guidance import VIEWS
 from difflab.edits.timesteps import scale_timestep, strided_timesteps
 from difflab.train import pick_device
+from tasks.retry import retry_if_transient
 
 INPUTS_DIR = Path(".difflab") / "part_a"
 SMALL_FACTOR = 4
@@ -62,7 +63,8 @@ def _mnist_checkpoint(cfg: PartAConfig) -> tuple[str, str | None]:
     return str(path), run_id
 
 
-@task(name="prepare-part-a", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="prepare-part-a", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def prepare_part_a(cfg: PartAConfig) -> PartAInputs:
     """Find the model and the test image, and check that the backend loads (fail fast, before any section)."""
     tracking.configure(cfg.tracking)

@@ -26,6 +26,7 @@ from difflab.sampling import sample_class_conditioned, sample_time_conditioned, 
 from difflab.train import load_model, pick_device
 from difflab.unet import NUM_CLASSES
 from tasks.refs import DataRef, StageRef
+from tasks.retry import retry_if_transient
 
 SHOWN_PER_DIGIT = 10
 """Judged samples shown per digit in the labelled figure."""
@@ -70,7 +71,8 @@ def _draw(model, schedule, n: int, batch: int, seed: int, labels: torch.Tensor |
     return torch.cat(out)
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="evaluate", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def evaluate(cfg: PartBConfig, data: DataRef, stages: dict[str, StageRef], parent_run_id: str) -> dict[str, float]:
     """Nested `evaluation` run; returns the headline metrics (also logged to the parent as eval.*)."""
     tracking.configure(cfg.tracking)

@@ -15,11 +15,13 @@ from difflab.sampling import digit_labels, sample_class_conditioned, sample_time
 from difflab.train import load_model, pick_device
 from tasks.refs import StageRef
 from tasks.training import STAGE_NAMES, stage_config
+from tasks.retry import retry_if_transient
 
 TRAJECTORY_ROWS = 10
 
 
-@task(name="sample", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="sample", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def sample_stage(cfg: PartBConfig, stage: StageRef, parent_run_id: str) -> str:
     """Draw from a trained DDPM into a nested `sample_<stage>` run; returns that run's id."""
     tracking.configure(cfg.tracking)

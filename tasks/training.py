@@ -25,6 +25,7 @@ from difflab.train import EpochResult, device_name, fit, pick_device, resume_epo
 from difflab.unet import build_model, count_parameters
 from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
+from tasks.retry import retry_if_transient
 
 STAGE_NAMES = {"denoiser": "denoiser", "time": "time_ddpm", "class": "class_ddpm"}
 MODEL_KINDS = {"denoiser": "unconditional", "time": "time", "class": "class"}
@@ -210,16 +211,19 @@ def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str)
     return StageRef(stage=stage, run_id=run_id, checkpoint=str(final), metrics=metrics)
 
 
-@task(name="train-denoiser", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="train-denoiser", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_denoiser(cfg: PartBConfig, data: DataRef, parent_run_id: str) -> StageRef:
     return train_stage(cfg, "denoiser", data, parent_run_id)
 
 
-@task(name="train-time-ddpm", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="train-time-ddpm", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_time_ddpm(cfg: PartBConfig, data: DataRef, parent_run_id: str) -> StageRef:
     return train_stage(cfg, "time", data, parent_run_id)
 
 
-@task(name="train-class-ddpm", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="train-class-ddpm", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_class_ddpm(cfg: PartBConfig, data: DataRef, parent_run_id: str) -> StageRef:
     return train_stage(cfg, "class", data, parent_run_id)

@@ -105,18 +105,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
+    from difflab.errors import user_error_types
 
-    from difflab.data import DataSourceError
-
-    types: list[type[BaseException]] = [FileNotFoundError, ValueError, DataSourceError, ValidationError]
-    try:
-        from difflab.edits.backend import BackendUnavailable
-
-        types.append(BackendUnavailable)
-    except ImportError:
-        pass
-    return tuple(types)
+    return user_error_types()
 
 
 def _one_line(exc: BaseException) -> str:

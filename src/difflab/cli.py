@@ -118,6 +118,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines[:3]) if type(exc).__name__ == "ValidationError" else lines[0]
 
 
+def _tracking_config(config):
+    """The tracking section of any flow's config (the pipeline's is part_b's)."""
+    return getattr(config, "tracking", None) or getattr(getattr(config, "part_b", None), "tracking", None)
+
+
 def _chain(exc: BaseException | None):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -164,15 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
+    from difflab import tracking
+
+    tracking_cfg = _tracking_config(config)
+    try:
+        tracking.probe(tracking_cfg)
+    except tracking.TrackingUnreachable as exc:
+        print(f"difflab: error: {exc}", file=sys.stderr)
+        return 2
     flow = _load(flow_ref)
     state = flow(config=config, return_state=True)
     if state.is_completed():
         result = state.result()
         run_id = result.get("run_id") if isinstance(result, dict) else None
         if run_id:
-            from difflab import tracking
-
-            tracking.configure(getattr(config, "tracking", None))
+            tracking.configure(tracking_cfg)
             print(f"MLflow run {run_id}: {tracking.run_url(run_id)}\n{tracking.ui_hint()}")
         return 0
     exc = state.result(raise_on_failure=False)
@@ -180,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     if disk_full:
         print(f"difflab: error: {disk_full}", file=sys.stderr)
         return 2
+    if isinstance(exc, BaseException) and tracking.is_unreachable(exc):
+        print(f"difflab: error: lost the MLflow tracking server {tracking.tracking_uri(tracking_cfg)} mid-run; "
+              "the local checkpoints under .difflab/checkpoints are kept: start the server again and rerun the "
+              "same command to resume from the last finished epoch", file=sys.stderr)
+        return 1
     if isinstance(exc, BaseException):
         print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
     else:

@@ -102,6 +102,13 @@ class TrackingConfig(_Strict):
     """None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts under ./mlruns."""
     register_models: bool = True
     model_name_prefix: str = "difflab"
+    probe_timeout_s: float = Field(5.0, gt=0)
+    """A tracking server must answer within this long at start, or the run stops before any work."""
+    http_timeout_s: int = Field(10, gt=0)
+    """Each request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT, when not set by the user)."""
+    http_max_retries: int = Field(2, ge=0)
+    """Retries of a failed request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, when not set by the user): with a
+    backoff factor of 1 a dead server is given up on within a minute, not MLflow's 25."""
 
 
 class JudgeConfig(_Strict):

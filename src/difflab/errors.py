@@ -17,6 +17,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [FileNotFoundError, ValueError, DataSourceError, ValidationError,
                                         DiskFullError]
     try:
+        from difflab.tracking import TrackingUnreachable
+
+        types.append(TrackingUnreachable)
+    except ImportError:
+        pass
+    try:
         from difflab.edits.backend import BackendUnavailable
 
         types.append(BackendUnavailable)

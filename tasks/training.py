@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from difflab import tracking, viz
 from difflab.config import DDPMConfig, DenoiserConfig, PartBConfig, flatten_params, plan_training
 from difflab.data import MnistData, to_float
+from difflab.locks import file_lock
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
 from difflab.sampling import digit_labels, sample_class_conditioned, sample_time_conditioned
 from difflab.train import EpochResult, device_name, fit, pick_device, resume_epoch, save_checkpoint
@@ -124,6 +125,15 @@ def _ddpm_hooks(cfg: DDPMConfig, stage: str, schedule: DDPMSchedule, seed: int):
 
 
 def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:
+    """One process at a time per stage and cache key (issue 8): a run started beside another waits for it,
+    then finds its finished run and reuses it, instead of training into (and resuming from) the same folder."""
+    lock = CHECKPOINT_ROOT / f"{stage_cache_key(cfg, stage, data)}.lock"  # beside the folder, which may be deleted
+    with file_lock(lock, cfg.lock_timeout_s, on_wait=lambda holder: get_run_logger().info(
+            "%s is being trained by %s; waiting for it, then reusing its run", STAGE_NAMES[stage], holder)):
+        return _train_stage(cfg, stage, data, parent_run_id)
+
+
+def _train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:
     """Train one Part B network (or reuse an identical finished run) inside a nested MLflow run."""
     tracking.configure(cfg.tracking)
     log = get_run_logger()

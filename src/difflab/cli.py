@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,6 +119,25 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines[:3]) if type(exc).__name__ == "ValidationError" else lines[0]
 
 
+PREFECT_STARTUP_TIMEOUT_S = 120
+"""Prefect's temporary server gets this long to start (its default, 20 s, is too short on a loaded machine)."""
+
+
+def _start_prefect_once() -> None:
+    """Start Prefect's temporary server now, one process at a time: runs started together in one folder
+    otherwise start theirs at once, and one times out."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from difflab.locks import file_lock
+
+    with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"):
+        SubprocessASGIServer().start()
+
+
 def _tracking_config(config):
     """The tracking section of any flow's config (the pipeline's is part_b's)."""
     return getattr(config, "tracking", None) or getattr(getattr(config, "part_b", None), "tracking", None)
@@ -154,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from difflab.tracking import quiet_environment
 
     quiet_environment()
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_TIMEOUT_S))
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "stack":  # its own parser, help included
         from difflab.stack import main as stack_main
@@ -178,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab: error: {exc}", file=sys.stderr)
         return 2
     flow = _load(flow_ref)
+    _start_prefect_once()
     state = flow(config=config, return_state=True)
     if state.is_completed():
         result = state.result()

@@ -154,6 +154,9 @@ class PartBConfig(_Strict):
     seed: int = 0
     force: bool = False
     """Retrain every stage even when an identical finished one exists in MLflow."""
+    lock_timeout_s: float | None = Field(None, gt=0)
+    """How long a run waits for another process training the same stage here; None: as long as that
+    process lives (the OS frees its lock when it exits or is killed)."""
     stages: list[Literal["denoiser", "time", "class"]] = Field(default_factory=lambda: ["denoiser", "time", "class"])
     data: DataConfig = Field(default_factory=DataConfig)
     denoiser: DenoiserConfig = Field(default_factory=DenoiserConfig)

@@ -62,7 +62,24 @@ def configure(cfg: TrackingConfig | None = None) -> str:
         os.environ.setdefault(key, str(value))
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    _create_store_once(uri)
     return uri
+
+
+_READY_STORES: set[str] = set()
+
+
+def _create_store_once(uri: str) -> None:
+    """Create a sqlite store's tables under a lock beside the db: two runs started together in a new folder
+    would otherwise both create them, and one fails with `table ... already exists`."""
+    if not uri.startswith("sqlite:///") or uri in _READY_STORES:
+        return
+    from difflab.locks import file_lock
+
+    db = Path(uri[len("sqlite:///"):])
+    with file_lock(db.with_name(db.name + ".lock")):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # runs MLflow's table creation
+    _READY_STORES.add(uri)
 
 
 def probe(cfg: TrackingConfig | None = None) -> None:

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from difflab import report, tracking
 from difflab.config import CompareConfig
+from tasks.retry import retry_if_transient
 
 
 def _stage_curves(run_id: str, keys: list[str]) -> dict[str, list[tuple[float, float]]]:
@@ -24,7 +25,8 @@ def _stage_curves(run_id: str, keys: list[str]) -> dict[str, list[tuple[float, f
     return curves
 
 
-@task(name="gather-runs", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
+@task(name="gather-runs", retries=2, retry_delay_seconds=3,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def gather(config: CompareConfig):
     tracking.configure(config.tracking)
     if config.run_ids:

@@ -11,9 +11,11 @@ from difflab import tracking
 from difflab.config import DataConfig
 from difflab.data import load_mnist
 from tasks.refs import DataRef
+from tasks.retry import retry_if_transient
 
 
-@task(name="download-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="download-data", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def prepare_data(cfg: DataConfig, run_id: str) -> DataRef:
     """Load the data and log its source, counts and checksum (params, tags, MLflow datasets) to run_id."""
     data = load_mnist(cfg)

@@ -18,8 +18,9 @@ from pydantic import BaseModel
 from difflab import edits, tracking, viz
 from difflab.config import PartAConfig, workdir
 from difflab.edits.guidance import VIEWS
-from difflab.edits.timesteps import scale_timestep, strided_timesteps
+from difflab.edits.timesteps import cap_steps, scale_timestep, strided_timesteps
 from difflab.train import pick_device
+from tasks.retry import retry_if_transient
 
 
 
@@ -60,7 +61,8 @@ NO_MODEL_HELP = ("run `difflab part-b` first, or pass --set mnist.train_if_missi
                  "or --set mnist.checkpoint=PATH")
 
 
-@task(name="prepare-part-a", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="prepare-part-a", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def prepare_part_a(cfg: PartAConfig, mnist_model: tuple[str, str | None] | None = None) -> PartAInputs:
     """Find the test image and check that the backend loads (fail fast, before any section)."""
     tracking.configure(cfg.tracking)
@@ -74,6 +76,10 @@ def prepare_part_a(cfg: PartAConfig, mnist_model: tuple[str, str | None] | None 
     else:
         model = cfg.deepfloyd.stage1
     backend = load_backend(cfg.backend, model, cfg.device, _deepfloyd_json(cfg))
+    _, capped = fit_to_backend(cfg, len(backend.alphas_cumprod))
+    if capped:
+        get_run_logger().info("the model has T=%d steps: %s (asked -> ran)", len(backend.alphas_cumprod),
+                              "; ".join(f"{k} {a} -> {r}" for k, (a, r) in capped.items()))
     if cfg.backend == "mnist":
         from difflab.data import load_mnist, to_float
 
@@ -257,6 +263,17 @@ SECTIONS = {"sample_steps": _section_sample_steps, "denoise": _section_denoise, 
             "anagram": _section_anagram, "hybrid": _section_hybrid}
 
 
+def fit_to_backend(cfg: PartAConfig, num_timesteps: int) -> tuple[PartAConfig, dict]:
+    """Step counts and i_starts capped to what a model with num_timesteps steps has (see cap_steps);
+    returns the config that runs and {field: [asked, ran]} for every value that changed."""
+    last_index = len(strided_timesteps(num_timesteps, reference_stride=cfg.stride)) - 1
+    fitted = {"num_inference_steps": cap_steps(cfg.num_inference_steps, num_timesteps),
+              "sdedit_i_starts": cap_steps(cfg.sdedit_i_starts, last_index),
+              "i_start": min(cfg.i_start, last_index)}
+    changed = {k: [getattr(cfg, k), v] for k, v in fitted.items() if getattr(cfg, k) != v}
+    return (cfg.model_copy(update=fitted) if changed else cfg), changed
+
+
 @task(name="part-a-section", task_run_name="part-a-{section}", cache_policy=NO_CACHE)
 def run_section(cfg: PartAConfig, section: str, inputs: PartAInputs, parent_run_id: str) -> str:
     """One Part A section in its own nested MLflow run; returns the run id."""
@@ -264,10 +281,13 @@ def run_section(cfg: PartAConfig, section: str, inputs: PartAInputs, parent_run_
     pick_device(cfg.device, cfg.cpu_threads)
     b = load_backend(inputs.backend, inputs.model, cfg.device, _deepfloyd_json(cfg))
     image = torch.load(inputs.test_image, weights_only=True)
+    cfg, capped = fit_to_backend(cfg, len(b.alphas_cumprod))
     with tracking.run(f"part_a/{section}", cfg.tracking.experiment, parent_run_id,
                       {tracking.STAGE_TAG: f"part_a/{section}", "backend": inputs.backend}) as run_id:
         tracking.log_params({"backend": inputs.backend, "model": inputs.model, "seed": cfg.seed,
                              "num_timesteps": len(b.alphas_cumprod)})
+        if capped:
+            tracking.log_tags({"steps_capped": json.dumps(capped)})
         params = SECTIONS[section](cfg, b, image)
         tracking.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
     return run_id

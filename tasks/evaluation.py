@@ -18,23 +18,32 @@ from prefect.cache_policies import NO_CACHE
 from difflab import stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
+from difflab.files import CorruptFileError, set_aside
 from difflab.metrics import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
 from difflab.train import pick_device
 from tasks.refs import DataRef, StageRef
+from tasks.retry import retry_if_transient
 
 
 def get_judge(cfg: PartBConfig, data: DataRef, mnist: MnistData):
     """Load the cached judge for this data set, or train and cache it; returns (judge, accuracy, cached, path)."""
     key = tracking.cache_key(data.checksum, cfg.evaluation.judge.model_dump())
     path = Path(cfg.evaluation.judge_cache) / f"judge-{key}.pt"
-    cached = path.exists()
-    judge = load_judge(path) if cached else train_judge(mnist.train_images, mnist.train_labels, cfg.evaluation.judge)
-    if not cached:
+    judge = None
+    if path.exists():
+        try:
+            judge = load_judge(path)
+        except CorruptFileError as exc:  # issue 8: a corrupt cache entry is set aside and the judge retrained
+            set_aside(path, str(exc))
+    cached = judge is not None
+    if judge is None:
+        judge = train_judge(mnist.train_images, mnist.train_labels, cfg.evaluation.judge)
         save_judge(judge, path)
     return judge, judge_accuracy(judge, mnist.test_images, mnist.test_labels), cached, path
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="evaluate", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_run_id: str) -> dict[str, float]:
     """Nested `evaluation` run; returns the headline metrics (also logged to the parent as eval.*)."""
     tracking.configure(cfg.tracking)

@@ -13,9 +13,11 @@ from difflab import stages, tracking, viz
 from difflab.config import PartBConfig
 from difflab.train import pick_device
 from tasks.refs import StageRef
+from tasks.retry import retry_if_transient
 
 
-@task(name="sample", task_run_name="sample-{ref.stage}", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="sample", task_run_name="sample-{ref.stage}", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def sample_stage(cfg: PartBConfig, ref: StageRef, parent_run_id: str) -> str:
     """Draw from a trained DDPM into a nested `sample_<stage>` run; returns that run's id."""
     tracking.configure(cfg.tracking)

@@ -19,11 +19,14 @@ from prefect.cache_policies import NO_CACHE
 from difflab import tracking, viz
 from difflab.config import PartBConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
+from difflab.locks import file_lock
 from difflab.stages import STAGES, Stage
-from difflab.train import EpochResult, TrainingPlan, device_name, fit, pick_device, plan_training, save_checkpoint
+from difflab.train import (EpochResult, TrainingPlan, device_name, fit, pick_device, plan_training, resume_epoch,
+                           save_checkpoint)
 from difflab.unet import count_parameters
 from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
+from tasks.retry import retry_if_transient
 
 TRAINING_MODULES = ("config.py", "data.py", "unet.py", "ddpm.py", "train.py", "sampling.py", "stages.py")
 RUN_FILE = "run.json"
@@ -39,16 +42,23 @@ def stage_cache_key(cfg: PartBConfig, stage: Stage, data: DataRef) -> str:
                               tracking.code_version(TRAINING_MODULES))
 
 
-@task(name="train-stage", task_run_name="train-{stage}", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="train-stage", task_run_name="train-{stage}", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:
-    """Train one Part B network in a nested MLflow run, or point at an identical finished one."""
+    """Train one Part B network in a nested MLflow run, or point at an identical finished one.
+
+    One process at a time per stage and cache key: a run started beside another waits for it, then
+    finds its finished run and reuses it, instead of training into (and resuming from) the same folder."""
     tracking.configure(cfg.tracking)
     st = STAGES[stage]
     key = stage_cache_key(cfg, st, data)
-    original = None if cfg.force else tracking.find_cached_run(cfg.tracking.experiment, key)
-    if original:
-        return record_reuse(cfg, st, original, key, parent_run_id)
-    return train_and_log(cfg, st, key, data, parent_run_id)
+    lock = checkpoint_root() / f"{key}.lock"  # beside the checkpoint folder, which may be deleted
+    with file_lock(lock, cfg.lock_timeout_s, on_wait=lambda holder: get_run_logger().info(
+            "%s is being trained by %s; waiting for it, then reusing its run", st.name, holder)):
+        original = None if cfg.force else tracking.find_cached_run(cfg.tracking.experiment, key)
+        if original:
+            return record_reuse(cfg, st, original, key, parent_run_id)
+        return train_and_log(cfg, st, key, data, parent_run_id)
 
 
 def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_run_id: str) -> StageRef:
@@ -133,10 +143,9 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
 
 def _resume_state(ckpt_dir: Path, plan: TrainingPlan) -> dict[str, str]:
     """Tags saying which earlier run a resume continues; a finished leftover (its run lost) is started over."""
-    last = ckpt_dir / "last.pt"
-    if not last.exists():
+    epoch = resume_epoch(ckpt_dir / "last.pt")  # a corrupt last.pt is set aside (renamed, logged): 0
+    if epoch == 0:
         return {}
-    epoch = torch.load(last, weights_only=False, map_location="cpu")["epoch"]
     if epoch >= plan.epochs:
         shutil.rmtree(ckpt_dir)  # finished but never recorded as FINISHED: redo it to log every deliverable
         return {}

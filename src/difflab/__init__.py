@@ -16,6 +16,9 @@ ENV_DEFAULTS = {
     # fell to 21-175 img/s across runs, a bounded GOMP_SPINCOUNT was erratic (44-537), passive waiting
     # held 290-460; idle, passive costs 15-25%. Set before torch loads OpenMP, hence here.
     "OMP_WAIT_POLICY": "PASSIVE",
+    # Prefect's temporary server gets this long to start: its default, 20 s, is too short on a loaded
+    # machine (two runs started together in one folder timed out).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 """Set (unless already set) when difflab is imported: the one place these switches live."""
 for _key, _value in ENV_DEFAULTS.items():

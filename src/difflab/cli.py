@@ -52,8 +52,23 @@ def _read_config_file(path: str) -> dict:
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"config file {path}{where}: invalid YAML ({problem}); fix the syntax there") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} line {exc.lineno}: invalid JSON ({exc.msg}); fix the syntax there "
+                             "(or name the file .yaml to write YAML)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} holds a {type(data).__name__}, not a mapping of config keys; "
+                         "write e.g. `class_ddpm: {epochs: 3}`")
+    return data
 
 
 def build_config(config_ref: str, args: argparse.Namespace):
@@ -90,18 +105,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
+    from difflab.errors import user_error_types
 
-    from difflab.data import DataSourceError
-
-    types: list[type[BaseException]] = [FileNotFoundError, ValueError, DataSourceError, ValidationError]
-    try:
-        from difflab.edits.backend import BackendUnavailable
-
-        types.append(BackendUnavailable)
-    except ImportError:
-        pass
-    return tuple(types)
+    return user_error_types()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -110,6 +116,53 @@ def _one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     return " ".join(lines[:3]) if type(exc).__name__ == "ValidationError" else lines[0]
+
+
+def _start_prefect_once() -> None:
+    """Start Prefect's temporary server now, one process at a time: runs started together in one folder
+    otherwise start theirs at once, and one times out."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from difflab.locks import file_lock
+
+    with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"):
+        SubprocessASGIServer().start()
+
+
+def _tracking_config(config):
+    """The tracking section of any flow's config (the pipeline's is part_b's)."""
+    return getattr(config, "tracking", None) or getattr(getattr(config, "part_b", None), "tracking", None)
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _disk_full_line(exc: BaseException) -> str | None:
+    """One line for a full disk, naming where, whichever layer (torch, SQLite, MLflow) noticed it first."""
+    from difflab.files import DiskFullError, is_disk_full
+
+    if not is_disk_full(exc):
+        return None
+    for e in _chain(exc):
+        if isinstance(e, DiskFullError):
+            return str(e)
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.filename:
+            return f"disk full: no space left to write {e.filename}; free some space and rerun " \
+                   "(training resumes from its last checkpoint)"
+    from difflab import tracking
+
+    return f"disk full: the MLflow store {tracking.tracking_uri()} (in {Path.cwd()}) could not be written; " \
+           "free some space and rerun (training resumes from its last checkpoint)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,18 +181,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
+    from difflab import tracking
+
+    tracking_cfg = _tracking_config(config)
+    try:
+        tracking.probe(tracking_cfg)
+    except tracking.TrackingUnreachable as exc:
+        print(f"difflab: error: {exc}", file=sys.stderr)
+        return 2
     flow = _load(flow_ref)
+    _start_prefect_once()
     state = flow(config=config, return_state=True)
     if state.is_completed():
         result = state.result()
         run_id = result.get("run_id") if isinstance(result, dict) else None
         if run_id:
-            from difflab import tracking
-
-            tracking.configure(getattr(config, "tracking", None))
+            tracking.configure(tracking_cfg)
             print(f"MLflow run {run_id}: {tracking.run_url(run_id)}\n{tracking.ui_hint()}")
         return 0
     exc = state.result(raise_on_failure=False)
+    disk_full = _disk_full_line(exc) if isinstance(exc, BaseException) else None
+    if disk_full:
+        print(f"difflab: error: {disk_full}", file=sys.stderr)
+        return 2
+    if isinstance(exc, BaseException) and tracking.is_unreachable(exc):
+        print(f"difflab: error: lost the MLflow tracking server {tracking.tracking_uri(tracking_cfg)} mid-run; "
+              "the local checkpoints under .difflab/checkpoints are kept: start the server again and rerun the "
+              "same command to resume from the last finished epoch", file=sys.stderr)
+        return 1
     if isinstance(exc, BaseException):
         print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
     else:

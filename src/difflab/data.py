@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 import socket
 import struct
 import threading
@@ -54,19 +53,20 @@ class MnistData:
 
     def save(self, path: Path) -> Path:
         """Write atomically: parallel runs on one machine share this file and may read it meanwhile."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({k: getattr(self, k) for k in ("train_images", "train_labels", "test_images",
-                                                  "test_labels", "source", "detail")}, tmp)
-        os.replace(tmp, path)
-        return path
+        from difflab.files import atomic_torch_save
+
+        return atomic_torch_save({k: getattr(self, k) for k in ("train_images", "train_labels", "test_images",
+                                                                "test_labels", "source", "detail")}, path,
+                                 "prepared data file")
 
     @classmethod
     def load(cls, path: str | Path) -> "MnistData":
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"prepared data file {path} not found; rerun the download stage")
-        return cls(**torch.load(path, weights_only=True))
+        from difflab.files import torch_load
+
+        return cls(**torch_load(path, "prepared data file", weights_only=True))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

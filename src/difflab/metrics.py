@@ -21,6 +21,7 @@ from torch import nn
 
 from difflab.config import JudgeConfig
 from difflab.data import to_float
+from difflab.files import atomic_torch_save, torch_load
 from difflab.ddpm import add_gaussian_noise
 from difflab.unet import NUM_CLASSES
 
@@ -133,17 +134,16 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, cfg: JudgeConfig | N
 
 def save_judge(judge: Judge, path: str | Path) -> Path:
     """Config and weights in one file, so load_judge needs nothing else."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": judge.cfg.model_dump(), "state_dict": judge.state_dict()}, path)
-    return path
+    return atomic_torch_save({"config": judge.cfg.model_dump(), "state_dict": judge.state_dict()}, path,
+                             "judge cache")
 
 
 def load_judge(path: str | Path) -> Judge:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"judge checkpoint {path} not found; train one with train_judge and save_judge")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = torch_load(path, "judge cache", "delete it and rerun to retrain the judge", map_location="cpu",
+                      weights_only=True)
     judge = Judge(JudgeConfig(**blob["config"]))
     judge.load_state_dict(blob["state_dict"])
     return judge.eval()

@@ -37,10 +37,102 @@ def tracking_uri(cfg: TrackingConfig | None = None) -> str:
     return (cfg.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+HEALTHY_AUTH_CODES = (401, 403)
+"""Answers of an MLflow server behind authentication to an anonymous /health probe."""
+
+
+class TrackingUnreachable(RuntimeError):
+    """The tracking server does not answer; the message names the URI and what to do."""
+
+
 def configure(cfg: TrackingConfig | None = None) -> str:
+    cfg = cfg or TrackingConfig()
+    # MLflow's defaults (7 retries, backoff 2, 120 s timeout) wait 25 minutes on a dead server.
+    for key, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": cfg.http_max_retries,
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": cfg.http_timeout_s}.items():
+        os.environ.setdefault(key, str(value))
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    _create_store_once(uri)
     return uri
+
+
+_READY_STORES: set[str] = set()
+
+
+def _create_store_once(uri: str) -> None:
+    """Create a sqlite store's tables under a lock beside the db: two runs started together in a new folder
+    would otherwise both create them, and one fails with `table ... already exists`."""
+    if not uri.startswith("sqlite:///") or uri in _READY_STORES:
+        return
+    from difflab.locks import file_lock
+
+    db = Path(uri[len("sqlite:///"):])
+    with file_lock(db.with_name(db.name + ".lock")):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # runs MLflow's table creation
+    _READY_STORES.add(uri)
+
+
+def probe(cfg: TrackingConfig | None = None) -> None:
+    """Stop at once, in one line, when an http(s) tracking server does not answer (local stores pass)."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return
+    timeout = (cfg or TrackingConfig()).probe_timeout_s
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in HEALTHY_AUTH_CODES:
+            return  # an MLflow server behind authentication: it answered
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} answered HTTP {exc.code} at /health: not an MLflow server, or a proxy "
+            "could not reach it; check MLFLOW_TRACKING_URI / tracking.tracking_uri (and NO_PROXY for a local "
+            "server)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} is not reachable ({reason}); start it (difflab stack up, or "
+            "mlflow server), fix MLFLOW_TRACKING_URI / tracking.tracking_uri, or unset it to track to "
+            f"{DEFAULT_TRACKING_URI} in this folder") from None
+
+
+_UNREACHABLE_MARKS = ("max retries exceeded", "connection refused", "connectionerror", "read timed out",
+                      "connect timeout", "failed to establish a new connection", "remotedisconnected",
+                      "connection aborted", "connection reset")
+
+
+def is_unreachable(exc: BaseException | None) -> bool:
+    """Whether exc (or its cause) is the tracking server not answering, as opposed to it refusing a request."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TrackingUnreachable):
+            return True
+        text = f"{type(exc).__name__} {exc}".lower()
+        if ("api request to" in text or "requests.exceptions" in type(exc).__module__
+                or "urllib3" in type(exc).__module__) and any(m in text for m in _UNREACHABLE_MARKS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """No retries while recording a failure caused by a dead server: each call would wait out the backoff."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def experiment_id(name: str) -> str:
@@ -70,9 +162,12 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
     try:
         yield run_id
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:_PARAM_MAX])
-        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        dead = is_unreachable(exc)
+        with _fail_fast() if dead else contextlib.nullcontext():
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:_PARAM_MAX])
+            with contextlib.suppress(Exception) if dead else contextlib.nullcontext():
+                mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     else:
         active.__exit__(None, None, None)

@@ -7,7 +7,6 @@ it stopped).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from difflab.config import COURSE_TRAIN_IMAGES
+from difflab.files import CorruptFileError, atomic_torch_save, set_aside, torch_load
 from difflab.unet import build_model
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
@@ -96,10 +96,7 @@ def save_checkpoint(path: Path, model: nn.Module, kind: str, extra: dict | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"kind": kind, "init_kwargs": model.init_kwargs(), "state_dict": model.state_dict(),
                "extra": extra or {}, **state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save(payload, path, "checkpoint")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -107,10 +104,28 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found; train a model first (difflab part-b) or give its path")
-    payload = torch.load(path, map_location=device, weights_only=False)
+    payload = torch_load(path, "checkpoint", "give another checkpoint, or retrain it (difflab part-b --force)",
+                         map_location=device, weights_only=False)
     model = build_model(payload["kind"], **payload["init_kwargs"])
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload.get("extra", {})
+
+
+def load_resume_state(last: Path, device: torch.device | str = "cpu") -> dict | None:
+    """The resume checkpoint, or None when there is none; a corrupt one is set aside and training starts over."""
+    if not last.exists():
+        return None
+    try:
+        return torch_load(last, "resume checkpoint", map_location=device, weights_only=False)
+    except CorruptFileError as exc:
+        set_aside(last, str(exc))
+        return None
+
+
+def resume_epoch(last: Path) -> int:
+    """The epoch a resume checkpoint reached (0 when there is none, or it was corrupt and set aside)."""
+    state = load_resume_state(last)
+    return int(state["epoch"]) if state else 0
 
 
 def checkpoint_epochs(plan: TrainingPlan) -> set[int]:
@@ -148,8 +163,8 @@ def fit(
 
     start_epoch, losses = 0, []
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    if last is not None and last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+    state = load_resume_state(last, device) if last is not None else None
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

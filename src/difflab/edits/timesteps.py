@@ -41,6 +41,20 @@ def inference_timesteps(num_timesteps: int, num_inference_steps: int) -> list[in
     return [round((num_timesteps - 1) * (n - i) / n) for i in range(num_inference_steps)]
 
 
+def cap_steps(values: Sequence[int], limit: int) -> list[int]:
+    """Values above limit become limit, duplicates dropped, order kept.
+
+    The rule by which Part A's step counts (capped at T) and i_starts (capped at the last
+    strided index) fit a model with fewer steps than the spec's, e.g. the tiny profile's T = 20.
+    """
+    out: list[int] = []
+    for v in values:
+        v = min(int(v), limit)
+        if v not in out:
+            out.append(v)
+    return out
+
+
 def scale_timestep(t_reference: int, num_timesteps: int) -> int:
     """A spec timestep written for T = 1000, mapped to a model with num_timesteps steps."""
     return min(num_timesteps - 1, round(t_reference * num_timesteps / REFERENCE_T))

@@ -39,6 +39,37 @@ class DataConfig(_Strict):
     """How long the reachability check of the torchvision mirror may take."""
 
 
+class FastPath(_Strict):
+    """Speed levers for training and sampling. `enabled=false` is the plain eager path of the spec,
+    one switch away; the levers below apply only when enabled, and only on the devices named.
+    Every lever computes the same step within float tolerance (bf16 `amp` aside, which rounds)."""
+
+    enabled: bool = False
+    """Master switch: false trains and samples exactly as the plain eager loop."""
+    channels_last: bool = True
+    """NHWC weights and activations (CPU: oneDNN's faster convolutions; GPU: tensor-core layouts)."""
+    compile: bool = False
+    """torch.compile the training forward/backward (full batches only); skipped under a CUDA graph."""
+    cuda_graph: bool = True
+    """CUDA only: the whole train step (forward, loss, backward, Adam) captured as one CUDA graph."""
+    amp: Literal["none", "bf16"] = "bf16"
+    """CUDA only: bf16 autocast of the training forward (weights and Adam stay fp32)."""
+    tf32: bool = True
+    """CUDA only: TF32 matmuls and convolutions."""
+    cudnn_benchmark: bool = True
+    """CUDA only: let cuDNN pick the fastest convolution algorithm for the fixed shapes."""
+    fused_adam: bool = True
+    """CUDA only: the fused (single-kernel) Adam; capturable, so it works inside the CUDA graph."""
+    sample_fold_bn: bool = True
+    """Sampling: fold each BatchNorm into the convolution before it (eval statistics)."""
+    sample_compile: bool = False
+    """Sampling: torch.compile the folded network (fixed batch shape)."""
+    sample_cuda_graph: bool = True
+    """CUDA only: the guided noise estimate captured as a CUDA graph and replayed every step."""
+    sample_amp: Literal["none", "bf16"] = "none"
+    """CUDA only: bf16 autocast while sampling (rounds the samples; off by default)."""
+
+
 class DenoiserConfig(_Strict):
     hidden: int = 128
     batch_size: int = 256
@@ -51,6 +82,7 @@ class DenoiserConfig(_Strict):
     """Test digits shown in each denoising grid."""
     match_course_steps: bool = True
     """On a training set smaller than MNIST's 60k, run the course's optimizer steps, not its epochs."""
+    fast: FastPath = Field(default_factory=FastPath)
 
 
 class DDPMConfig(_Strict):
@@ -72,6 +104,7 @@ class DDPMConfig(_Strict):
     """Time-conditioned grids: this many samples."""
     gif_frames: int = 30
     match_course_steps: bool = True
+    fast: FastPath = Field(default_factory=FastPath)
 
 
 class TrackingConfig(_Strict):

@@ -143,7 +143,8 @@ def ddpm_loss(
     if labels is None:
         pred = model(x_t, tin)
     else:
-        c = nn.functional.one_hot(labels.long(), model.num_classes).to(x0.dtype)
+        # one_hot's range check syncs with the host, which a CUDA-graph capture forbids; same values.
+        c = (labels.long()[:, None] == torch.arange(model.num_classes, device=x0.device)).to(x0.dtype)
         keep = (torch.rand(b, device=x0.device, generator=generator) >= p_uncond).to(x0.dtype)
         pred = model(x_t, tin, c * keep[:, None])
     return nn.functional.mse_loss(pred, eps)

@@ -52,13 +52,14 @@ def _judged_figure(judge, samples: torch.Tensor, labels: torch.Tensor):
     return viz.labeled_grid(rows, names, None, title="class-conditioned samples: requested digit, judged correct")
 
 
-def _draw(model, schedule, n: int, batch: int, seed: int, labels: torch.Tensor | None, guidance: float):
+def _draw(model, schedule, n: int, batch: int, seed: int, labels: torch.Tensor | None, guidance: float,
+          fast=None):
     out = []
     for i in range(0, n, batch):
         if labels is None:
-            x, _ = sample_time_conditioned(model, schedule, min(batch, n - i), seed + i)
+            x, _ = sample_time_conditioned(model, schedule, min(batch, n - i), seed + i, fast=fast)
         else:
-            x, _ = sample_class_conditioned(model, schedule, labels[i:i + batch], guidance, seed + i)
+            x, _ = sample_class_conditioned(model, schedule, labels[i:i + batch], guidance, seed + i, fast=fast)
         out.append(x)
     return torch.cat(out)
 
@@ -101,7 +102,8 @@ def evaluate(cfg: PartBConfig, data: DataRef, stages: dict[str, StageRef], paren
             labels = None
             if stage == "class":
                 labels = torch.arange(ev.num_samples) % NUM_CLASSES
-            samples = _draw(model, schedule, ev.num_samples, ev.sample_batch_size, cfg.seed, labels, scfg.guidance)
+            samples = _draw(model, schedule, ev.num_samples, ev.sample_batch_size, cfg.seed, labels, scfg.guidance,
+                            scfg.fast)
             fd = frechet_vs_real(judge, samples, real_train, real_test, seed=cfg.seed)
             tracking.log_metrics({f"{stage}.frechet": fd["frechet"], f"{stage}.frechet_real_floor": fd["frechet_real_floor"]})
             headline.update({f"{stage}_frechet": fd["frechet"], "frechet_real_floor": fd["frechet_real_floor"],

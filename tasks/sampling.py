@@ -34,11 +34,13 @@ def sample_stage(cfg: PartBConfig, stage: StageRef, parent_run_id: str) -> str:
                              "gif_frames": scfg.gif_frames})
         if stage.stage == "class":
             labels = digit_labels(scfg.samples_per_class)
-            x, frames = sample_class_conditioned(model, schedule, labels, scfg.guidance, cfg.seed, scfg.gif_frames)
+            x, frames = sample_class_conditioned(model, schedule, labels, scfg.guidance, cfg.seed, scfg.gif_frames,
+                                                 fast=scfg.fast)
             nrow, title = scfg.samples_per_class, f"guidance {scfg.guidance}: {scfg.samples_per_class} of each digit"
         else:
             labels = None
-            x, frames = sample_time_conditioned(model, schedule, scfg.num_samples, cfg.seed, scfg.gif_frames)
+            x, frames = sample_time_conditioned(model, schedule, scfg.num_samples, cfg.seed, scfg.gif_frames,
+                                                fast=scfg.fast)
             nrow, title = min(10, scfg.num_samples), "time-conditioned samples"
         tracking.log_image(viz.grid(x, nrow=nrow, scale=3), "final_samples")
         steps = [f"t={schedule.num_timesteps - 1 - round(i * (schedule.num_timesteps - 1) / max(1, len(frames) - 1))}"

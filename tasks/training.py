@@ -28,7 +28,7 @@ from tasks.refs import DataRef, StageRef
 
 STAGE_NAMES = {"denoiser": "denoiser", "time": "time_ddpm", "class": "class_ddpm"}
 MODEL_KINDS = {"denoiser": "unconditional", "time": "time", "class": "class"}
-TRAINING_MODULES = ("config.py", "data.py", "unet.py", "ddpm.py", "train.py", "sampling.py")
+TRAINING_MODULES = ("config.py", "data.py", "unet.py", "ddpm.py", "train.py", "sampling.py", "fastpath.py")
 CHECKPOINT_ROOT = Path(".difflab") / "checkpoints"
 
 
@@ -110,12 +110,12 @@ def _ddpm_hooks(cfg: DDPMConfig, stage: str, schedule: DDPMSchedule, seed: int):
     def snapshot(model, epoch: int) -> None:
         if stage == "class":
             labels = digit_labels(cfg.samples_per_class)
-            x, _ = sample_class_conditioned(model, schedule, labels, cfg.guidance, seed)
+            x, _ = sample_class_conditioned(model, schedule, labels, cfg.guidance, seed, fast=cfg.fast)
             rows = list(x.split(cfg.samples_per_class))
             img = viz.labeled_grid(rows, [f"digit {d}" for d in range(len(rows))],
                                    title=f"class-conditioned, guidance {cfg.guidance}, epoch {epoch}")
         else:
-            x, _ = sample_time_conditioned(model, schedule, cfg.num_samples, seed)
+            x, _ = sample_time_conditioned(model, schedule, cfg.num_samples, seed, fast=cfg.fast)
             img = viz.grid(x, nrow=min(10, cfg.num_samples), scale=3)
         tracking.log_image(img, "samples", step=epoch)
 
@@ -190,7 +190,7 @@ def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str)
         started = time.perf_counter()
         try:
             result = fit(MODEL_KINDS[stage], {"hidden": scfg.hidden}, loss_fn, x_train, y_train, plan, scfg.lr,
-                         scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, extra)
+                         scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, extra, scfg.fast)
         finally:
             progress.close()
         seconds = time.perf_counter() - started

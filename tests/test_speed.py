@@ -1,0 +1,147 @@
+"""The fast path computes what the plain path computes: the same step, the same loss curve, the same samples.
+
+Speed itself is measured as ratios by bench/speed.py and bench/gpu_check.py, never timed here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab import fastpath
+from difflab.config import FastPath, PartBConfig, flatten_params, plan_training
+from difflab.ddpm import DDPMSchedule, ddpm_loss
+from difflab.sampling import digit_labels, sample_class_conditioned, sample_time_conditioned
+from difflab.train import fit
+from difflab.unet import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = FastPath(enabled=True, channels_last=True)
+SCHEDULE = DDPMSchedule(20)
+
+
+def _batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _loss(m, x, y, g):
+    return ddpm_loss(m, SCHEDULE, x, y, 0.1, g)
+
+
+def _trained_bn(model):
+    """Non-trivial BatchNorm statistics, as a trained model has."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("fast", [FAST, FastPath(enabled=True, channels_last=False)])
+def test_fast_and_plain_compute_the_same_step(fast):
+    """Same weights, batch and noise: the same loss, gradients and updated weights (float tolerance)."""
+    x, y = _batch()
+    torch.manual_seed(0)
+    init = build_model("class", hidden=4).state_dict()
+    results = []
+    for f in (None, fast):
+        levers = fastpath.Levers.resolve(f, "cpu")
+        model = build_model("class", hidden=4)
+        model.load_state_dict(init)
+        model = fastpath.prepare_model(model, levers).train()
+        opt = fastpath.make_optimizer(model, 1e-3, levers, torch.device("cpu"))
+        step = fastpath.TrainStep(model, opt, _loss, torch.Generator().manual_seed(3), levers, torch.device("cpu"), 16)
+        loss = step(fastpath.to_layout(x, levers), y)
+        assert loss.requires_grad is False and loss.dim() == 0
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss, grads, {k: v.clone() for k, v in model.state_dict().items()}))
+    (l0, g0, s0), (l1, g1, s1) = results
+    assert torch.allclose(l0, l1, rtol=1e-5)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # Adam divides by |grad|: where a gradient is float noise (a conv bias before BatchNorm has a true
+    # gradient of 0) its sign, and so the update's, is arbitrary. Elsewhere the updates agree tightly.
+    names = [k for k, _ in build_model("class", hidden=4).named_parameters()]
+    for name, g in zip(names, g0):
+        real = g.abs() > 1e-5
+        assert torch.allclose(s0[name][real], s1[name][real], rtol=1e-5, atol=1e-6), name
+    for k in s0:
+        assert torch.allclose(s0[k].float(), s1[k].float(), atol=2.5e-3), k  # at most one Adam step (lr 1e-3) apart
+
+
+def test_fast_loss_curve_follows_the_plain_one():
+    x, y = _batch(96, seed=1)
+    plan = plan_training(3, 32, [], 96, False, lr_final_factor=0.1)
+    plain = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32)
+    fast = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32, fast=FAST)
+    assert len(plain.losses) == len(fast.losses) == 9
+    assert all(isinstance(v, float) for v in fast.losses)
+    for a, b in zip(plain.losses, fast.losses):
+        assert abs(a - b) < 1e-4 * max(1.0, abs(a))
+    assert plain.losses != [plain.losses[0]] * 9  # the curve moves, so following it means something
+
+
+def test_fold_batchnorm_gives_the_same_outputs():
+    model = _trained_bn(build_model("class", hidden=8))
+    folded = fastpath.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x, t, c = torch.randn(6, 1, 28, 28), torch.rand(6), torch.eye(10)[:6]
+    with torch.no_grad():
+        assert torch.allclose(folded(x, t, c), model(x, t, c), atol=1e-5, rtol=1e-4)
+
+
+def test_fast_sampler_draws_the_same_samples():
+    model = _trained_bn(build_model("class", hidden=4))
+    labels = digit_labels(1)
+    plain, plain_frames = sample_class_conditioned(model, SCHEDULE, labels, 5.0, seed=7, frames=4)
+    fast, fast_frames = sample_class_conditioned(model, SCHEDULE, labels, 5.0, seed=7, frames=4, fast=FAST)
+    assert torch.allclose(plain, fast, atol=1e-4)
+    assert len(plain_frames) == len(fast_frames)
+    other, _ = sample_class_conditioned(model, SCHEDULE, labels, 5.0, seed=8, fast=FAST)
+    assert not torch.allclose(plain, other, atol=1e-2)  # the tolerance is far below what a seed changes
+    tmodel = _trained_bn(build_model("time", hidden=4))
+    a, _ = sample_time_conditioned(tmodel, SCHEDULE, 5, seed=1)
+    b, _ = sample_time_conditioned(tmodel, SCHEDULE, 5, seed=1, fast=FAST)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_each_lever_is_a_param_and_plain_is_one_switch_away():
+    cfg = PartBConfig(profile="quick", class_ddpm={"fast": {"enabled": False}})
+    params = flatten_params(cfg)
+    assert params["class_ddpm.fast.enabled"] is False
+    for lever in FastPath.model_fields:
+        assert f"class_ddpm.fast.{lever}" in params and f"denoiser.fast.{lever}" in params
+    assert fastpath.Levers.resolve(cfg.class_ddpm.fast, "cpu") == fastpath.Levers()
+    assert PartBConfig(profile="course").class_ddpm.fast.enabled is False  # the spec's plain path
+
+
+def test_gpu_levers_stay_off_on_a_cpu():
+    levers = fastpath.Levers.resolve(FastPath(enabled=True, cuda_graph=True, amp="bf16", fused_adam=True), "cpu")
+    assert not (levers.cuda_graph or levers.amp or levers.fused_adam or levers.tf32 or levers.sample_cuda_graph)
+    assert levers.channels_last
+
+
+def test_gpu_check_runs_at_tiny_size(tmp_path):
+    """The one GPU command, at tiny size on the CPU: every part finishes and prints its row."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    report = gpu_check.main(["--tiny", "--out", str(tmp_path)])
+    rows = report["rows"]
+    parts = {r["part"] for r in rows}
+    assert {"part_b", "train", "sample", "deepfloyd"} <= parts
+    assert not [r for r in rows if r.get("error")], [r for r in rows if r.get("error")]
+    assert (tmp_path / "gpu_check.md").read_text().count("|") > 10
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert list((tmp_path / "part_b").glob("*.png"))

@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test venv dev clean ui
+.PHONY: run test venv dev clean ui gpu-check gpu-check-data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,3 +33,11 @@ ui:
 
 clean:
 	rm -rf $(VENV) mlflow.db .difflab
+
+# The one GPU check (bench/gpu_check.py): needs only python3 with torch; pydantic and diffusers travel as
+# wheels in .whl/ (see the README). `make gpu-check-data` (with the venv) writes the digits it trains on.
+gpu-check:
+	PYTHONPATH=$${PYTHONPATH:+$$PYTHONPATH:}src:.:bench $(PY) bench/gpu_check.py
+
+gpu-check-data:
+	$(BIN)/python bench/gpu_check.py --export

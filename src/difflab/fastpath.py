@@ -121,6 +121,7 @@ class TrainStep:
         self.model, self.optimizer, self.loss_fn, self.gen = model, optimizer, loss_fn, gen
         self.levers, self.device, self.batch_size = levers, device, batch_size
         self.compiled: nn.Module | None = None
+        self._compiled_ok = False
         if levers.compile:
             try:
                 self.compiled = torch.compile(model)
@@ -156,7 +157,17 @@ class TrainStep:
                 self.graph.replay()
                 return sloss.clone()
         if self.compiled is not None and full:
-            return self.eager(x, y, self.compiled)
+            if self._compiled_ok:
+                return self.eager(x, y, self.compiled)
+            gen_state = self.gen.get_state()
+            try:  # compilation happens on this first call: a missing compiler must not stop training
+                loss = self.eager(x, y, self.compiled)
+                self._compiled_ok = True
+                return loss
+            except Exception as exc:  # noqa: BLE001
+                log.warning("torch.compile failed on first use (%s: %s); training eagerly", type(exc).__name__, exc)
+                self.compiled = None
+                self.gen.set_state(gen_state)
         return self.eager(x, y)
 
     # -- CUDA graph ------------------------------------------------------------------------------

@@ -37,10 +37,11 @@ PLAIN = FastPath(enabled=False)
 
 def cpu_variants(compile_: bool = True) -> dict[str, FastPath]:
     """The CPU levers one at a time, then together."""
-    v = {"plain eager": PLAIN, "channels_last": FastPath(enabled=True, channels_last=True)}
+    v = {"plain eager": PLAIN, "channels_last": FastPath(enabled=True, channels_last=True, amp="none"),
+         "channels_last + bf16 autocast": FastPath(enabled=True, channels_last=True, amp="bf16")}
     if compile_:
-        v["compile"] = FastPath(enabled=True, channels_last=False, compile=True)
-        v["channels_last + compile"] = FastPath(enabled=True, channels_last=True, compile=True)
+        v["compile"] = FastPath(enabled=True, channels_last=False, compile=True, amp="none")
+        v["channels_last + compile"] = FastPath(enabled=True, channels_last=True, compile=True, amp="none")
     return v
 
 
@@ -178,10 +179,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--batch", type=int, default=64, help="DDPM batch (quick profile: 64)")
     p.add_argument("--denoiser-hidden", type=int, default=16)
     p.add_argument("--denoiser-batch", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="train steps per round")
-    p.add_argument("--samples", type=int, default=20, help="images per sampling run")
+    p.add_argument("--samples", type=int, default=10, help="images per sampling run")
     p.add_argument("--timesteps", type=int, default=300)
+    p.add_argument("--nets", default="unconditional,time,class", help="which networks to train")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (slow warm-up)")
     p.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     args = p.parse_args(argv)
@@ -191,22 +193,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     variants = gpu_variants() if device.type == "cuda" else cpu_variants(not args.no_compile)
     n_train = 4000  # the bundled digits' training split; quick-profile stages below
     rows: list[dict[str, Any]] = []
+
+    def add(new: list[dict[str, Any]]) -> None:
+        rows.extend(new)
+        print(markdown(new).split("\n", 2)[2], flush=True)  # progress: the table's rows as they come
+
+    nets = [("unconditional", args.denoiser_hidden, args.denoiser_batch, 5), ("time", args.hidden, args.batch, 12),
+            ("class", args.hidden, args.batch, 46)]
     if args.part in ("train", "all"):
-        rows += train_ratios("unconditional", args.denoiser_hidden, args.denoiser_batch, variants, device,
-                             args.rounds, args.steps, 5 * n_train)
-        rows += train_ratios("time", args.hidden, args.batch, variants, device, args.rounds, args.steps,
-                             12 * n_train)
-        rows += train_ratios("class", args.hidden, args.batch, variants, device, args.rounds, args.steps,
-                             46 * n_train)
+        for kind, hidden, batch, epochs in nets:
+            if kind in args.nets.split(","):
+                add(train_ratios(kind, hidden, batch, variants, device, args.rounds, args.steps, epochs * n_train))
     if args.part in ("sample", "all"):
         svars = dict(variants)
         if device.type == "cpu":
             svars = {"plain eager": PLAIN,
-                     "inference_mode + fold BN": FastPath(enabled=True, channels_last=False),
-                     "+ channels_last": FastPath(enabled=True, channels_last=True)}
+                     "inference_mode + fold BN": FastPath(enabled=True),
+                     "+ channels_last": FastPath(enabled=True, sample_channels_last=True),
+                     "+ bf16 autocast": FastPath(enabled=True, sample_amp="bf16")}
             if not args.no_compile:
-                svars["+ compile"] = FastPath(enabled=True, channels_last=True, sample_compile=True)
-        rows += sample_ratios(args.hidden, args.samples, args.timesteps, svars, device, args.rounds)
+                svars["+ compile"] = FastPath(enabled=True, sample_compile=True)
+        add(sample_ratios(args.hidden, args.samples, args.timesteps, svars, device, args.rounds))
     table = markdown(rows)
     header = (f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "

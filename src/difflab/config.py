@@ -53,13 +53,15 @@ class FastPath(_Strict):
     cuda_graph: bool = True
     """CUDA only: the whole train step (forward, loss, backward, Adam) captured as one CUDA graph."""
     amp: Literal["none", "bf16"] = "bf16"
-    """CUDA only: bf16 autocast of the training forward (weights and Adam stay fp32)."""
+    """bf16 autocast of the training forward (weights and Adam stay fp32); rounds, so off on the CPU profiles."""
     tf32: bool = True
     """CUDA only: TF32 matmuls and convolutions."""
     cudnn_benchmark: bool = True
     """CUDA only: let cuDNN pick the fastest convolution algorithm for the fixed shapes."""
     fused_adam: bool = True
     """CUDA only: the fused (single-kernel) Adam; capturable, so it works inside the CUDA graph."""
+    sample_channels_last: bool = False
+    """Sampling in NHWC (bench/speed.py on the CPU: 0.8x for the small sampling batches, so off)."""
     sample_fold_bn: bool = True
     """Sampling: fold each BatchNorm into the convolution before it (eval statistics)."""
     sample_compile: bool = False
@@ -67,7 +69,7 @@ class FastPath(_Strict):
     sample_cuda_graph: bool = True
     """CUDA only: the guided noise estimate captured as a CUDA graph and replayed every step."""
     sample_amp: Literal["none", "bf16"] = "none"
-    """CUDA only: bf16 autocast while sampling (rounds the samples; off by default)."""
+    """bf16 autocast while sampling (rounds the samples; off by default)."""
 
 
 class DenoiserConfig(_Strict):
@@ -184,7 +186,7 @@ _QUICK_DDPM = {
     "match_course_steps": False,
 }
 
-_QUICK_FAST = {"enabled": True, "channels_last": True, "compile": False}
+_QUICK_FAST = {"enabled": True, "channels_last": True, "compile": False, "amp": "none"}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "course": {},

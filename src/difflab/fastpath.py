@@ -41,6 +41,7 @@ class Levers:
     cudnn_benchmark: bool = False
     fused_adam: bool = False
     fold_bn: bool = False
+    sample_channels_last: bool = False
     sample_compile: bool = False
     sample_cuda_graph: bool = False
     sample_amp: bool = False
@@ -51,10 +52,11 @@ class Levers:
             return cls()
         cuda = torch.device(device).type == "cuda"
         return cls(channels_last=fast.channels_last, compile=fast.compile and not (cuda and fast.cuda_graph),
-                   cuda_graph=cuda and fast.cuda_graph, amp=cuda and fast.amp == "bf16", tf32=cuda and fast.tf32,
+                   cuda_graph=cuda and fast.cuda_graph, amp=fast.amp == "bf16", tf32=cuda and fast.tf32,
                    cudnn_benchmark=cuda and fast.cudnn_benchmark, fused_adam=cuda and fast.fused_adam,
-                   fold_bn=fast.sample_fold_bn, sample_compile=fast.sample_compile and not (cuda and fast.sample_cuda_graph),
-                   sample_cuda_graph=cuda and fast.sample_cuda_graph, sample_amp=cuda and fast.sample_amp == "bf16")
+                   fold_bn=fast.sample_fold_bn, sample_channels_last=fast.sample_channels_last,
+                   sample_compile=fast.sample_compile and not (cuda and fast.sample_cuda_graph),
+                   sample_cuda_graph=cuda and fast.sample_cuda_graph, sample_amp=fast.sample_amp == "bf16")
 
     def active(self) -> list[str]:
         return [k for k, v in self.__dict__.items() if v]
@@ -134,7 +136,7 @@ class TrainStep:
     def _autocast(self):
         if self.levers.amp:
             # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     def eager(self, x: torch.Tensor, y: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
@@ -283,7 +285,7 @@ def sampling_model(model: nn.Module, levers: Levers) -> nn.Module:
     model = model.eval()
     if levers.fold_bn:
         model = fold_batchnorm(model)
-    if levers.channels_last:
+    if levers.sample_channels_last:
         model = (copy.deepcopy(model) if not levers.fold_bn else model).to(memory_format=torch.channels_last)
     if levers.sample_compile:
         try:
@@ -333,7 +335,7 @@ def amp_eps_fn(eps_fn: Callable, levers: Levers) -> Callable:
         return eps_fn
 
     def cast(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
             return eps_fn(x, t).float()
 
     return cast

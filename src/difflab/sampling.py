@@ -37,9 +37,9 @@ def _run(make_eps, model: nn.Module, schedule: DDPMSchedule, n: int, seed: int, 
     mode = torch.inference_mode() if fast is not None and fast.enabled else contextlib.nullcontext()
     with mode, fastpath.cuda_backends(levers):
         eps_fn = make_eps(fastpath.sampling_model(model, levers))
-        if levers.channels_last:
+        if levers.sample_channels_last:
             plain_eps = eps_fn
-            eps_fn = lambda x, t: plain_eps(fastpath.to_layout(x, levers), t)  # noqa: E731
+            eps_fn = lambda x, t: plain_eps(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
         eps_fn = fastpath.graph_eps_fn(eps_fn, shape, device, levers)
         x, traj = sample(eps_fn, schedule, shape, gen, device, keep_every=_frames_every(schedule, frames))
     return x.clamp(0, 1).cpu(), traj

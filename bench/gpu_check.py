@@ -191,6 +191,19 @@ def deepfloyd_part(tiny: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def versions() -> str:
+    """The packages the IF part leans on: diffusers 0.42 wants huggingface-hub >= 1.32 and safetensors >= 0.8."""
+    from importlib import metadata
+
+    out = []
+    for name in ("pydantic", "diffusers", "huggingface-hub", "transformers", "safetensors"):
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name} missing")
+    return ", ".join(out)
+
+
 def run_part(name: str, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     started = time.perf_counter()
     print(f"== {name} ...", flush=True)
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "seconds": part_b_s})
     rows.append({"part": "total", "what": "the whole check", "value": "", "seconds": total})
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "cpu"
-    header = f"gpu_check on {device}, torch {torch.__version__}{' (tiny)' if args.tiny else ''}"
+    header = f"gpu_check on {device}, torch {torch.__version__}{' (tiny)' if args.tiny else ''}; {versions()}"
     md = header + "\n\n" + table(rows) + "\n"
     print(md)
     out.mkdir(parents=True, exist_ok=True)

@@ -208,9 +208,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         svars = dict(variants)
         if device.type == "cpu":
             svars = {"plain eager": PLAIN,
-                     "inference_mode + fold BN": FastPath(enabled=True),
-                     "+ channels_last": FastPath(enabled=True, sample_channels_last=True),
-                     "+ bf16 autocast": FastPath(enabled=True, sample_amp="bf16")}
+                     "inference_mode + fold BN": FastPath(enabled=True, sample_jit=False),
+                     "+ channels_last": FastPath(enabled=True, sample_jit=False, sample_channels_last=True),
+                     "+ bf16 autocast": FastPath(enabled=True, sample_jit=False, sample_amp="bf16"),
+                     "+ jit freeze (oneDNN)": FastPath(enabled=True, sample_jit=True)}
             if not args.no_compile:
                 svars["+ compile"] = FastPath(enabled=True, sample_compile=True)
         add(sample_ratios(args.hidden, args.samples, args.timesteps, svars, device, args.rounds))

@@ -64,6 +64,8 @@ class FastPath(_Strict):
     """Sampling in NHWC (bench/speed.py on the CPU: 0.8x for the small sampling batches, so off)."""
     sample_fold_bn: bool = True
     """Sampling: fold each BatchNorm into the convolution before it (eval statistics)."""
+    sample_jit: bool = True
+    """CPU only: sampling through a traced, frozen, optimize_for_inference network (oneDNN conv fusions)."""
     sample_compile: bool = False
     """Sampling: torch.compile the folded network (fixed batch shape)."""
     sample_cuda_graph: bool = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,6 +43,7 @@ class Levers:
     fused_adam: bool = False
     fold_bn: bool = False
     sample_channels_last: bool = False
+    sample_jit: bool = False
     sample_compile: bool = False
     sample_cuda_graph: bool = False
     sample_amp: bool = False
@@ -55,6 +57,7 @@ class Levers:
                    cuda_graph=cuda and fast.cuda_graph, amp=fast.amp == "bf16", tf32=cuda and fast.tf32,
                    cudnn_benchmark=cuda and fast.cudnn_benchmark, fused_adam=cuda and fast.fused_adam,
                    fold_bn=fast.sample_fold_bn, sample_channels_last=fast.sample_channels_last,
+                   sample_jit=not cuda and fast.sample_jit and not fast.sample_compile,
                    sample_compile=fast.sample_compile and not (cuda and fast.sample_cuda_graph),
                    sample_cuda_graph=cuda and fast.sample_cuda_graph, sample_amp=fast.sample_amp == "bf16")
 
@@ -287,6 +290,8 @@ def sampling_model(model: nn.Module, levers: Levers) -> nn.Module:
         model = fold_batchnorm(model)
     if levers.sample_channels_last:
         model = (copy.deepcopy(model) if not levers.fold_bn else model).to(memory_format=torch.channels_last)
+    if levers.sample_jit:
+        return FrozenOnFirstCall(model)
     if levers.sample_compile:
         try:
             compiled = torch.compile(model, dynamic=False)
@@ -295,6 +300,33 @@ def sampling_model(model: nn.Module, levers: Levers) -> nn.Module:
         except Exception as exc:  # noqa: BLE001
             log.warning("torch.compile unavailable for sampling (%s); sampling eagerly", exc)
     return model
+
+
+class FrozenOnFirstCall:
+    """The network traced on its first call's inputs, frozen and optimised for inference (oneDNN fusions).
+
+    Calls with another input shape, or a trace that fails, run the eager network: never a wrong answer.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model, self.num_classes = model, getattr(model, "num_classes", None)
+        self.jit, self.shape, self.failed = None, None, False
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.failed or (self.shape is not None and args[0].shape != self.shape):
+            return self.model(*args)
+        if self.jit is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.trace(self.model.eval(), args, check_trace=False)
+                    self.jit = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                self.shape = args[0].shape
+            except Exception as exc:  # noqa: BLE001
+                log.warning("tracing the sampling network failed (%s: %s); sampling eagerly", type(exc).__name__, exc)
+                self.failed = True
+                return self.model(*args)
+        return self.jit(*args)
 
 
 def graph_eps_fn(eps_fn: Callable, shape: tuple[int, ...], device: torch.device, levers: Levers) -> Callable:

@@ -42,6 +42,7 @@ def cpu_variants(compile_: bool = True) -> dict[str, FastPath]:
     if compile_:
         v["compile"] = FastPath(enabled=True, channels_last=False, compile=True, amp="none")
         v["channels_last + compile"] = FastPath(enabled=True, channels_last=True, compile=True, amp="none")
+        v["channels_last + compile + bf16"] = FastPath(enabled=True, channels_last=True, compile=True, amp="bf16")
     return v
 
 

@@ -89,6 +89,18 @@ def test_fast_loss_curve_follows_the_plain_one():
     assert plain.losses != [plain.losses[0]] * 9  # the curve moves, so following it means something
 
 
+def test_bf16_autocast_loss_curve_stays_close():
+    """bf16 rounds, so not float tolerance: within 1 % of the plain curve, step by step."""
+    x, y = _batch(96, seed=2)
+    plan = plan_training(3, 32, [], 96, False, lr_final_factor=0.1)
+    plain = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32)
+    bf16 = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32,
+               fast=FastPath(enabled=True, channels_last=True, amp="bf16"))
+    assert plain.losses != bf16.losses  # bf16 really ran
+    for a, b in zip(plain.losses, bf16.losses):
+        assert abs(a - b) < 0.01 * a
+
+
 def test_fold_batchnorm_gives_the_same_outputs():
     model = _trained_bn(build_model("class", hidden=8))
     folded = fastpath.fold_batchnorm(model)

@@ -240,6 +240,15 @@ class TrainStep:
             self._restore(snap)
 
 
+def generator_state(gen: torch.Generator) -> torch.Tensor | None:
+    """The generator's state for a checkpoint; None (resume reseeds nothing) if a graph-registered one refuses."""
+    try:
+        return gen.get_state()
+    except RuntimeError as exc:
+        log.warning("generator state not saved (%s); a resume will continue with fresh noise", exc)
+        return None
+
+
 def sync_lr(optimizer: torch.optim.Optimizer, captured: list) -> None:
     """Keep a captured tensor lr the one the graph reads, whatever the scheduler assigned."""
     for group, lr_t in zip(optimizer.param_groups, captured):

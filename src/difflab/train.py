@@ -137,7 +137,8 @@ def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["gen_state"].cpu())
+        if state["gen_state"] is not None:
+            gen.set_state(state["gen_state"].cpu())
         shuffle_gen.set_state(state["shuffle_state"].cpu())
         start_epoch, losses = state["epoch"], state["losses"]
     fastpath.after_optimizer_load(optimizer, levers, device)
@@ -162,7 +163,7 @@ def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed
         ckpt = None
         if checkpoint_dir is not None:
             state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         gen_state=gen.get_state(), shuffle_state=shuffle_gen.get_state(),
+                         gen_state=fastpath.generator_state(gen), shuffle_state=shuffle_gen.get_state(),
                          epoch=epoch, losses=losses)
             save_checkpoint(last, model, kind, extra, **state)
             if epoch in ckpt_epochs:

@@ -6,6 +6,7 @@ apart as its warm-up (torch.compile, CUDA-graph capture), and the "stage" ratio 
 to a whole training stage of the quick profile: plain seconds / (warm-up + fast seconds).
 
     python bench/speed.py                          # CPU, CI-sized (about 1-2 minutes on 2 cores)
+    python bench/speed.py --compile                # also torch.compile (minutes of warm-up when cold)
     python bench/speed.py --part train --rounds 5 --out bench_results
     python bench/speed.py --device cuda --hidden 64 --batch 128 --denoiser-hidden 128 --denoiser-batch 256
 """
@@ -185,13 +186,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--samples", type=int, default=10, help="images per sampling run")
     p.add_argument("--timesteps", type=int, default=300)
     p.add_argument("--nets", default="unconditional,time,class", help="which networks to train")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (slow warm-up)")
+    p.add_argument("--compile", action="store_true",
+                   help="add the torch.compile variants (25-70 s cold warm-up each on 2 cores)")
     p.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = gpu_variants() if device.type == "cuda" else cpu_variants(not args.no_compile)
+    variants = gpu_variants() if device.type == "cuda" else cpu_variants(args.compile)
     n_train = 4000  # the bundled digits' training split; quick-profile stages below
     rows: list[dict[str, Any]] = []
 
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                      "+ channels_last": FastPath(enabled=True, sample_jit=False, sample_channels_last=True),
                      "+ bf16 autocast": FastPath(enabled=True, sample_jit=False, sample_amp="bf16"),
                      "+ jit freeze (oneDNN)": FastPath(enabled=True, sample_jit=True)}
-            if not args.no_compile:
+            if args.compile:
                 svars["+ compile"] = FastPath(enabled=True, sample_compile=True)
         add(sample_ratios(args.hidden, args.samples, args.timesteps, svars, device, args.rounds))
     table = markdown(rows)

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--denoiser-batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="train steps per round")
-    p.add_argument("--samples", type=int, default=10, help="images per sampling run")
+    p.add_argument("--samples", type=int, default=30, help="images per sampling run")
     p.add_argument("--timesteps", type=int, default=300)
     p.add_argument("--nets", default="unconditional,time,class", help="which networks to train")
     p.add_argument("--compile", action="store_true",

@@ -7,7 +7,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test venv dev clean ui
+.PHONY: run test venv dev clean ui gpu-check gpu-check-data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,3 +30,11 @@ ui:  # through difflab, which sets the telemetry switches (difflab/__init__.py) 
 
 clean:
 	rm -rf $(VENV) mlflow.db .difflab
+
+# The one GPU check (bench/gpu_check.py): needs only python3 with torch; pydantic and diffusers travel as
+# wheels in .whl/ (see the README). `make gpu-check-data` (with the venv) writes the digits it trains on.
+gpu-check:
+	PYTHONPATH=$${PYTHONPATH:+$$PYTHONPATH:}src:.:bench $(PY) bench/gpu_check.py
+
+gpu-check-data:
+	$(BIN)/python bench/gpu_check.py --export

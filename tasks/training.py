@@ -28,7 +28,8 @@ from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
 from tasks.retry import retry_if_transient
 
-TRAINING_MODULES = ("config.py", "data.py", "unet.py", "ddpm.py", "train.py", "sampling.py", "stages.py")
+TRAINING_MODULES = ("config.py", "data.py", "unet.py", "ddpm.py", "train.py", "sampling.py", "stages.py",
+                    "fastpath.py")
 RUN_FILE = "run.json"
 """Beside a stage's checkpoints: the MLflow run that is training into them, for resumes to point at."""
 
@@ -117,7 +118,8 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
         started = time.perf_counter()
         try:
             result = fit(st.model_kind, {"hidden": scfg.hidden}, st.loss(scfg, schedule), x_train, y_train, plan,
-                         scfg.lr, scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, st.checkpoint_extra(scfg))
+                         scfg.lr, scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, st.checkpoint_extra(scfg),
+                         fast=scfg.fast)
         finally:
             progress.close()
         seconds = time.perf_counter() - started

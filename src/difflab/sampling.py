@@ -7,11 +7,14 @@ and every frame comes with the timestep it shows.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from difflab import fastpath
+from difflab.config import FastPath
 from difflab.ddpm import DDPMSchedule, cfg_eps_fn, kept_timesteps, sample, time_eps_fn
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
 
@@ -40,20 +43,32 @@ def frames_every(num_timesteps: int, frames: int) -> int:
 
 @torch.no_grad()
 def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels: torch.Tensor | None = None,
-         guidance: float = 0.0, frames: int = 0) -> Samples:
-    """n samples (one per label when labels are given, guided with classifier-free guidance)."""
+         guidance: float = 0.0, frames: int = 0, fast: FastPath | None = None) -> Samples:
+    """n samples (one per label when labels are given, guided with classifier-free guidance).
+
+    `fast` picks the speed levers (None or disabled: the plain network); the noise is the same either way."""
     device = next(model.parameters()).device
+    levers = fastpath.Levers.resolve(fast, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     schedule = schedule.to(device)
     model.eval()
-    if labels is None:
-        eps_fn = time_eps_fn(model, schedule)
-    else:
+    if labels is not None:
         n = len(labels)
-        eps_fn = cfg_eps_fn(model, schedule, labels.to(device), guidance)
-    x_T = torch.randn((n, 1, IMAGE_SIZE, IMAGE_SIZE), generator=gen, device=device)
-    every = frames_every(schedule.num_timesteps, frames)
-    x, traj = sample(eps_fn, schedule, x_T.shape, gen, device, x_T=x_T, keep_every=every)
+    shape = (n, 1, IMAGE_SIZE, IMAGE_SIZE)
+    mode = torch.inference_mode() if fast is not None and fast.enabled else contextlib.nullcontext()
+    with mode, fastpath.cuda_backends(levers):
+        net = fastpath.sampling_model(model, levers)
+        if labels is None:
+            eps_fn = time_eps_fn(net, schedule)
+        else:
+            eps_fn = cfg_eps_fn(net, schedule, labels.to(device), guidance)
+        if levers.sample_channels_last:
+            plain_eps = eps_fn
+            eps_fn = lambda x, t: plain_eps(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
+        eps_fn = fastpath.graph_eps_fn(eps_fn, shape, device, levers)
+        x_T = torch.randn(shape, generator=gen, device=device)
+        every = frames_every(schedule.num_timesteps, frames)
+        x, traj = sample(eps_fn, schedule, shape, gen, device, x_T=x_T, keep_every=every)
     steps = kept_timesteps(schedule.num_timesteps, every)
     if every:
         traj, steps = [x_T.cpu(), *traj], [schedule.num_timesteps, *steps]
@@ -61,12 +76,13 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
 
 
 def draw_batched(model: nn.Module, schedule: DDPMSchedule, n: int, batch: int, seed: int = 0,
-                 labels: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
+                 labels: torch.Tensor | None = None, guidance: float = 0.0,
+                 fast: FastPath | None = None) -> torch.Tensor:
     """Many samples in batches (batch k seeded seed + k * batch), for evaluation."""
     out = []
     for i in range(0, n, batch):
         part = None if labels is None else labels[i:i + batch]
-        out.append(draw(model, schedule, min(batch, n - i), seed + i, part, guidance).images)
+        out.append(draw(model, schedule, min(batch, n - i), seed + i, part, guidance, fast=fast).images)
     return torch.cat(out)
 
 

@@ -193,7 +193,7 @@ class DDPMStage(Stage):
 
     def figures_at_epoch(self, model, scfg: DDPMConfig, schedule, test_x, seed, epoch) -> Figures:
         labels = self._grid_labels(scfg)
-        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance).images
+        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast).images
         if labels is None:
             return {"samples": viz.grid(x, nrow=min(10, scfg.num_samples), scale=3)}
         rows = list(x.split(scfg.samples_per_class))
@@ -202,7 +202,8 @@ class DDPMStage(Stage):
 
     def samples(self, trained, scfg: DDPMConfig, seed) -> tuple[Samples, int, str]:
         labels = self._grid_labels(scfg)
-        s = draw(trained.model, trained.schedule, scfg.num_samples, seed, labels, scfg.guidance, scfg.gif_frames)
+        s = draw(trained.model, trained.schedule, scfg.num_samples, seed, labels, scfg.guidance, scfg.gif_frames,
+                 fast=scfg.fast)
         if labels is None:
             return s, min(10, scfg.num_samples), "time-conditioned samples"
         return s, scfg.samples_per_class, f"guidance {scfg.guidance}: {scfg.samples_per_class} of each digit"
@@ -212,7 +213,7 @@ class DDPMStage(Stage):
         often the judge reads the digit asked for."""
         labels = torch.arange(ev.num_samples) % NUM_CLASSES if self.conditional else None
         x = draw_batched(trained.model, trained.schedule, ev.num_samples, ev.sample_batch_size, seed, labels,
-                         scfg.guidance)
+                         scfg.guidance, fast=scfg.fast)
         fd = frechet_vs_real(judge, x, real_train, real_test, seed=seed)
         k = self.key
         out = Evaluation(metrics={f"{k}.frechet": fd["frechet"], f"{k}.frechet_real_floor": fd["frechet_real_floor"]},

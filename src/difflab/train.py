@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from difflab.config import COURSE_TRAIN_IMAGES
+from difflab import fastpath
+from difflab.config import COURSE_TRAIN_IMAGES, FastPath
 from difflab.files import CorruptFileError, atomic_torch_save, set_aside, torch_load
 from difflab.unet import build_model
 
@@ -148,11 +149,22 @@ def fit(
     checkpoint_dir: Path | None = None,
     on_epoch_end: Callable[[nn.Module, EpochResult], None] | None = None,
     extra: dict | None = None,
+    fast: FastPath | None = None,
 ) -> TrainResult:
+    """Train from scratch or from checkpoint_dir/last.pt. `fast` picks the speed levers (None: the plain loop);
+    per-step losses stay on the device and reach the host once per epoch."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = build_model(kind, **model_kwargs).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    levers = fastpath.Levers.resolve(fast, device)
+    with fastpath.cuda_backends(levers):
+        return _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed, device, checkpoint_dir,
+                    on_epoch_end, extra, levers)
+
+
+def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed, device, checkpoint_dir,
+         on_epoch_end, extra, levers: fastpath.Levers) -> TrainResult:
+    model = fastpath.prepare_model(build_model(kind, **model_kwargs).to(device), levers)
+    optimizer = fastpath.make_optimizer(model, lr, levers, device)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=plan.lr_gamma)
     gen = torch.Generator(device=device).manual_seed(seed)
     shuffle_gen = torch.Generator().manual_seed(seed)
@@ -168,31 +180,33 @@ def fit(
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["gen_state"].cpu())
+        if state["gen_state"] is not None:
+            gen.set_state(state["gen_state"].cpu())
         shuffle_gen.set_state(state["shuffle_state"].cpu())
         start_epoch, losses = state["epoch"], state["losses"]
+    fastpath.after_optimizer_load(optimizer, levers, device)
+    captured_lrs = [g["lr"] for g in optimizer.param_groups]
+    train_step = fastpath.TrainStep(model, optimizer, loss_fn, gen, levers, device, batch_size)
 
     ckpt_epochs = checkpoint_epochs(plan)
     step = start_epoch * plan.steps_per_epoch
     for epoch in range(start_epoch + 1, plan.epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=shuffle_gen).to(device)
-        epoch_losses = []
-        lr_now = optimizer.param_groups[0]["lr"]
-        for i in range(0, n, batch_size):
+        lr_now = float(optimizer.param_groups[0]["lr"])
+        step_losses = torch.empty(math.ceil(n / batch_size), device=device)
+        for j, i in enumerate(range(0, n, batch_size)):
             idx = perm[i:i + batch_size]
-            loss = loss_fn(model, images[idx], labels[idx], gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_losses.append(loss.item())
+            step_losses[j] = train_step(fastpath.to_layout(images[idx], levers), labels[idx])
             step += 1
+        epoch_losses = step_losses[:j + 1].tolist()  # one host sync per epoch, not per step
         scheduler.step()
+        fastpath.sync_lr(optimizer, captured_lrs)
         losses.extend(epoch_losses)
         ckpt = None
         if checkpoint_dir is not None:
             state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         gen_state=gen.get_state(), shuffle_state=shuffle_gen.get_state(),
+                         gen_state=fastpath.generator_state(gen), shuffle_state=shuffle_gen.get_state(),
                          epoch=epoch, losses=losses)
             save_checkpoint(last, model, kind, extra, **state)
             if epoch in ckpt_epochs:

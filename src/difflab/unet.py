@@ -186,7 +186,9 @@ def build_model(kind: str, **kwargs) -> _UNetBackbone:
 
 
 def one_hot(labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    return torch.nn.functional.one_hot(labels.long(), num_classes).float()
+    """Float one-hot rows. A comparison, not F.one_hot: its range check syncs with the host, which a
+    CUDA-graph capture forbids; the values are the same."""
+    return (labels.long()[:, None] == torch.arange(num_classes, device=labels.device)).float()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,6 +1,6 @@
 """End to end on loopback: the real Prefect server, two process workers and the MLflow server.
 
-`python -m difflab.stack up` starts them (sqlite backend, local artifact root, ports
+`python -m ops.stack up` starts them (sqlite backend, local artifact root, ports
 picked free, PREFECT_HOME in a temp dir, scheduler off so no cron run can start) with
 one worker, and registers the deployments of prefect.yaml; a second
 `up --workers-only` adds a worker the way another machine would. The tests then
@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from difflab import stack as stackmod
+from ops import stack as stackmod
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -135,7 +135,7 @@ def run_metrics(run: dict) -> dict[str, float]:
 
 
 def stack_up(state: Path, env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, stackmod.Stack]:
-    cmd = [sys.executable, "-m", "difflab.stack", "--state-dir", str(state), "up", *args]
+    cmd = [sys.executable, "-m", "ops.stack", "--state-dir", str(state), "up", *args]
     res = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=360,
                          stdin=subprocess.DEVNULL)
     return res, stackmod.Stack(state)
@@ -183,7 +183,7 @@ def triggered(ops_stack):
 
 
 def test_stack_status_reports_healthy(ops_stack):
-    res = subprocess.run([sys.executable, "-m", "difflab.stack", "--state-dir", str(ops_stack["state"]), "status"],
+    res = subprocess.run([sys.executable, "-m", "ops.stack", "--state-dir", str(ops_stack["state"]), "status"],
                          env=ops_stack["env"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Prefect API     healthy" in res.stdout and "MLflow server   healthy" in res.stdout

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from difflab import stack as stackmod
+from ops import stack as stackmod
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_USER = "mlflow"
@@ -134,7 +134,7 @@ def test_mlflow_on_postgres_backend_store(postgres, tmp_path):
 
     state = tmp_path / "stack"
     env = ops_env(tmp_path / "prefect-home")
-    cmd = [sys.executable, "-m", "difflab.stack", "--state-dir", str(state), "up",
+    cmd = [sys.executable, "-m", "ops.stack", "--state-dir", str(state), "up",
            "--prefect-port", str(stackmod.free_port()), "--mlflow-port", str(stackmod.free_port()),
            "--workers", "0", "--no-deploy", "--no-scheduler", "--timeout", "150",
            "--backend-store-uri", postgres, "--artifacts-destination", str(tmp_path / "artifacts")]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from difflab import stack as stackmod
+from ops import stack as stackmod
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def test_a_recycled_pid_is_not_signalled(tmp_path):
 def test_cli_status_and_down_without_a_stack(tmp_path):
     env = {**os.environ, "DIFFLAB_STACK_DIR": str(tmp_path / "none")}
     for args, rc in ((["status"], 3), (["down"], 0)):
-        res = subprocess.run([sys.executable, "-m", "difflab.stack", *args], env=env, capture_output=True,
+        res = subprocess.run([sys.executable, "-m", "ops.stack", *args], env=env, capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == rc, res.stdout + res.stderr
         assert "no stack" in res.stdout

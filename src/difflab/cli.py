@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "stack":  # its own parser, help included
-        from difflab.stack import main as stack_main
+        from ops.stack import main as stack_main
 
         return stack_main(argv[1:])
     args = parser().parse_args(argv)

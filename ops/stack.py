@@ -1,10 +1,10 @@
 """The local operations stack: a Prefect server, a process work pool with workers, an MLflow server.
 
-    python -m difflab.stack up [--workers N]   # start everything on loopback, register the deployments
-    python -m difflab.stack status             # what runs, where, and whether it answers
-    python -m difflab.stack serve              # (re)register the deployments of prefect.yaml
-    python -m difflab.stack env                # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI
-    python -m difflab.stack down               # stop everything `up` started, even after a crash
+    python -m ops.stack up [--workers N]   # start everything on loopback, register the deployments
+    python -m ops.stack status             # what runs, where, and whether it answers
+    python -m ops.stack serve              # (re)register the deployments of prefect.yaml
+    python -m ops.stack env                # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI
+    python -m ops.stack down               # stop everything `up` started, even after a crash
 
 Every process is started in its own session (process group) and recorded in
 `<state dir>/state.json` as soon as it exists, with its start time so that a
@@ -50,8 +50,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-ROOT = Path(__file__).resolve().parents[2]
-"""The repository checkout: prefect.yaml and flows/ live here, and flow runs run here."""
+from difflab.procs import alive, proc_start_time
+
+PROJECT_MARKER = "prefect.yaml"
+"""A project folder is the nearest folder, from where the command runs upwards, that holds this file."""
+
+
+def find_project_dir(explicit: str | Path | None = None, start: Path | None = None) -> Path:
+    """The project the stack serves: --project-dir / $DIFFLAB_PROJECT_DIR, else the nearest folder
+    from the current one upwards with a prefect.yaml. Never where the package is installed: a venv
+    shared by two checkouts, or a non-editable install, must not decide whose code runs."""
+    chosen = explicit or os.environ.get("DIFFLAB_PROJECT_DIR")
+    if chosen:
+        path = Path(chosen).expanduser().resolve()
+        if not (path / PROJECT_MARKER).is_file():
+            raise StackError(f"project dir {path} has no {PROJECT_MARKER}; give the folder of a difflab checkout")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_MARKER).is_file():
+            return folder
+    raise StackError(f"no {PROJECT_MARKER} in {here} or above; run from a difflab checkout or pass --project-dir")
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -62,11 +81,14 @@ QUIET_ENV = {
 }
 
 STATE_FILE = "state.json"
-ENV_FILE = "env"
 
 
 class StackError(RuntimeError):
     pass
+
+ENV_FILE = "env"
+
+
 
 
 # --------------------------------------------------------------------------- settings
@@ -75,6 +97,8 @@ class StackError(RuntimeError):
 @dataclass
 class Settings:
     state_dir: Path
+    project_dir: Path = Path(".")
+    """The checkout whose prefect.yaml is deployed and whose code the workers run."""
     host: str = "127.0.0.1"
     advertise_host: str = ""
     """The name other machines and browsers use for this one (default: the bind address, loopback for 0.0.0.0)."""
@@ -95,6 +119,8 @@ class Settings:
     """Most flow runs one worker runs at once (0: no limit). A sweep's own run holds a slot while it waits."""
     mlflow_server_workers: int = 1
     prefect_scheduler: bool = True
+    prefect_database_url: str = ""
+    """Prefect server's own database: empty for SQLite under the state dir, or postgresql+asyncpg://..."""
 
     def resolved(self) -> "Settings":
         # The server's own store, not the ./mlflow.db of runs made without a server: an experiment the
@@ -123,34 +149,15 @@ def _env(name: str, default: Any) -> Any:
     return type(default)(value) if default is not None and not isinstance(default, str) else value
 
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("DIFFLAB_STACK_DIR") or ROOT / ".stack").resolve()
+def default_state_dir(project_dir: Path) -> Path:
+    return Path(os.environ.get("DIFFLAB_STACK_DIR") or project_dir / ".stack").resolve()
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of pid (clock ticks since boot), or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":
-        return None
-    return fields[19]
-
-
-def _alive(pid: int, start_time: str | None = None) -> bool:
-    if Path("/proc").is_dir():
-        now = _proc_start_time(pid)
-        return now is not None and (start_time is None or now == start_time)
-    try:  # no procfs (macOS): signal 0 is the best we have
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+_proc_start_time = proc_start_time
+_alive = alive
 
 
 def _pids_with_env(token: str) -> list[int]:
@@ -350,13 +357,22 @@ def _wait_healthy(stack: Stack, name: str, proc: subprocess.Popen, check: Callab
                          f"last lines of {stack.logs / (name + '.log')}:\n{stack.log_tail(name)}")
 
 
-def worker_names(api_url: str, pool: str) -> list[str]:
-    """Workers that have sent a heartbeat to the pool."""
+def pool_workers(api_url: str, pool: str) -> dict[str, list[str]]:
+    """The pool's workers by Prefect's status: {"online": [...], "offline": [...]}; the server marks a
+    worker OFFLINE when its heartbeats stop, but keeps listing it."""
     try:
         workers = http_json("POST", f"{api_url.rstrip('/')}/work_pools/{pool}/workers/filter", {})
     except (OSError, urllib.error.URLError, ValueError):
-        return []
-    return [w["name"] for w in workers or []]
+        workers = []
+    found: dict[str, list[str]] = {"online": [], "offline": []}
+    for w in workers or []:
+        found["online" if str(w.get("status", "")).upper() == "ONLINE" else "offline"].append(w["name"])
+    return found
+
+
+def worker_names(api_url: str, pool: str) -> list[str]:
+    """Workers of the pool that are online now."""
+    return pool_workers(api_url, pool)["online"]
 
 
 # --------------------------------------------------------------------------- commands
@@ -377,7 +393,11 @@ def base_env(stack_id: str, s: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(QUIET_ENV)
     env["DIFFLAB_STACK_ID"] = stack_id
-    env["DIFFLAB_ROOT"] = str(ROOT)
+    env["DIFFLAB_ROOT"] = str(s.project_dir)
+    # The project's own flows/, tasks/, ops/ and src/ come first, whatever checkout the venv was installed from.
+    paths = [str(s.project_dir / "src"), str(s.project_dir)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                 if p and p not in paths])
     env["PREFECT_API_URL"] = s.prefect_api_url
     env["MLFLOW_TRACKING_URI"] = s.tracking_uri
     return env
@@ -406,9 +426,9 @@ def worker_cmd(s: Settings, name: str) -> list[str]:
     return cmd
 
 
-def _run_cli(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def _run_cli(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(cmd, env=env, cwd=str(cwd or Path.cwd()), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise StackError(f"timed out after {timeout:.0f}s: {shlex.join(cmd)}") from exc
@@ -436,7 +456,7 @@ def deployments_in(prefect_file: Path) -> list[dict[str, Any]]:
 def deploy(s: Settings, env: dict[str, str], names: Iterable[str] = (), prefect_file: Path | None = None,
            timeout: float = 300.0, out: Callable[[str], None] = print) -> list[str]:
     """Register deployments of prefect.yaml whose entrypoint file exists; returns their `flow/name`s."""
-    prefect_file = Path(prefect_file or ROOT / "prefect.yaml")
+    prefect_file = Path(prefect_file or s.project_dir / PROJECT_MARKER)
     wanted = set(names)
     chosen, skipped = [], []
     for d in deployments_in(prefect_file):
@@ -468,7 +488,7 @@ def write_env_file(stack: Stack, s: Settings) -> Path:
         "# source this file to talk to the running stack\n"
         f"export PREFECT_API_URL={shlex.quote(s.prefect_api_url)}\n"
         f"export MLFLOW_TRACKING_URI={shlex.quote(s.tracking_uri)}\n"
-        f"export DIFFLAB_ROOT={shlex.quote(str(ROOT))}\n"
+        f"export DIFFLAB_ROOT={shlex.quote(str(s.project_dir))}\n"
     )
     return path
 
@@ -488,10 +508,13 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
                 raise StackError(f"port {port} for {name} on {s.host} is already in use; pick another with "
                                  f"--{name}-port or DIFFLAB_{name.upper()}_PORT")
     stack_id = uuid.uuid4().hex
-    stack.state = {"id": stack_id, "root": str(ROOT), "pool": s.pool, "prefect_api_url": s.prefect_api_url,
+    stack.state = {"id": stack_id, "root": str(s.project_dir), "pool": s.pool, "prefect_api_url": s.prefect_api_url,
                    "tracking_uri": s.tracking_uri, "workers_only": s.workers_only,
                    "backend_store_uri": "" if s.workers_only else _redact(s.backend_store_uri),
                    "artifacts_destination": "" if s.workers_only else s.artifacts_destination,
+                   "prefect_database": "" if s.workers_only else
+                   _redact(prefect_database_url(s.prefect_database_url)) if s.prefect_database_url else
+                   f"sqlite (under {os.environ.get('PREFECT_HOME') or stack.dir / 'prefect'})",
                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "services": []}
     stack.save()
     env = base_env(stack_id, s)
@@ -501,12 +524,14 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
             penv["PREFECT_HOME"] = os.environ.get("PREFECT_HOME") or str(stack.dir / "prefect")
             penv["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "true" if s.prefect_scheduler else "false"
             penv["PREFECT_UI_API_URL"] = s.prefect_api_url
-            prefect_proc = stack.start("prefect", prefect_server_cmd(s), penv, ROOT)
+            if s.prefect_database_url:
+                penv["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database_url(s.prefect_database_url)
+            prefect_proc = stack.start("prefect", prefect_server_cmd(s), penv, s.project_dir)
             menv = dict(env)
             menv.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: not used here
             if s.artifacts_destination and "://" not in s.artifacts_destination:
                 Path(s.artifacts_destination).mkdir(parents=True, exist_ok=True)
-            mlflow_proc = stack.start("mlflow", mlflow_server_cmd(s), menv, ROOT)
+            mlflow_proc = stack.start("mlflow", mlflow_server_cmd(s), menv, s.project_dir)
             out(f"waiting for the Prefect server on {s.prefect_api_url} and MLflow on {s.tracking_uri} ...")
             _wait_healthy(stack, "prefect", prefect_proc, lambda: prefect_healthy(s.prefect_api_url),
                           s.startup_timeout)
@@ -519,7 +544,7 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
         wenv["PREFECT_WORKER_HEARTBEAT_SECONDS"] = str(max(5.0, s.worker_poll_seconds))
         host = socket.gethostname().split(".")[0]
         names = [f"{host}-{stack_id[:6]}-w{i}" for i in range(1, s.workers + 1)]
-        procs = [(n, stack.start(f"worker-{i}", worker_cmd(s, n), wenv, ROOT)) for i, n in enumerate(names, 1)]
+        procs = [(n, stack.start(f"worker-{i}", worker_cmd(s, n), wenv, s.project_dir)) for i, n in enumerate(names, 1)]
         out(f"waiting for {len(names)} worker(s) to poll work pool {s.pool!r} ...")
         deadline = time.monotonic() + s.startup_timeout
         while set(names) - set(worker_names(s.prefect_api_url, s.pool)):
@@ -539,6 +564,14 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
     write_env_file(stack, s)
     out(describe(stack))
     return stack
+
+
+def prefect_database_url(url: str) -> str:
+    """Prefect's server needs an async driver: postgresql://... becomes postgresql+asyncpg://..."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain):]
+    return url
 
 
 def _redact(uri: str) -> str:
@@ -564,6 +597,9 @@ def describe(stack: Stack) -> str:
                   f"MLflow store    {st.get('backend_store_uri')}  artifacts: {st.get('artifacts_destination')}"]
     else:
         lines += [f"Prefect API     {st['prefect_api_url']} (remote)", f"MLflow          {st['tracking_uri']} (remote)"]
+    lines.append(f"project dir     {st.get('root', '?')}  (prefect.yaml and the code the workers run)")
+    if st.get("prefect_database"):
+        lines.append(f"Prefect store   {st['prefect_database']}")
     lines.append(f"work pool       {st['pool']}")
     for svc in st.get("services", []):
         state = "running" if _alive(svc["pid"], svc.get("start_time")) else "STOPPED"
@@ -585,7 +621,10 @@ def status(stack: Stack, out: Callable[[str], None] = print) -> int:
     out(f"Prefect API     {'healthy' if p_ok else 'NOT ANSWERING'}")
     out(f"MLflow server   {'healthy' if m_ok else 'NOT ANSWERING'}")
     if p_ok:
-        out(f"workers seen    {', '.join(worker_names(st['prefect_api_url'], st['pool'])) or 'none'}")
+        workers = pool_workers(st["prefect_api_url"], st["pool"])
+        out(f"workers online  {', '.join(workers['online']) or 'none'}")
+        if workers["offline"]:
+            out(f"workers offline {', '.join(workers['offline'])} (stopped or unreachable; Prefect keeps listing them)")
     return 0 if ok and p_ok and m_ok else 1
 
 
@@ -595,8 +634,12 @@ def status(stack: Stack, out: Callable[[str], None] = print) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab stack", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--project-dir", type=Path, default=None,
+                   help="the checkout to serve: its prefect.yaml is deployed and its code runs (default: "
+                        "$DIFFLAB_PROJECT_DIR, else the nearest folder from here upwards with a prefect.yaml)")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help="where pids, logs and the Prefect server's database live (default: $DIFFLAB_STACK_DIR or .stack)")
+                   help="where pids, logs and the Prefect server's database live "
+                        "(default: $DIFFLAB_STACK_DIR or <project dir>/.stack)")
     sub = p.add_subparsers(dest="command", required=True)
 
     u = sub.add_parser("up", help="start the Prefect server, workers and the MLflow server; register deployments")
@@ -616,8 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not let the Prefect server create scheduled runs")
     u.add_argument("--workers-only", action="store_true",
                    help="start only workers, for the servers named by --prefect-api-url and --tracking-uri")
-    u.add_argument("--prefect-api-url", default=_env("DIFFLAB_PREFECT_API_URL", ""))
-    u.add_argument("--tracking-uri", default=_env("DIFFLAB_TRACKING_URI", ""))
+    u.add_argument("--prefect-database-url", default=_env("DIFFLAB_PREFECT_DATABASE_URL", ""),
+                   help="the Prefect server's own database (default SQLite under the state dir; "
+                        "postgresql://user:pw@host:5432/prefect, driven by asyncpg)")
+    u.add_argument("--prefect-api-url", default=_env("DIFFLAB_PREFECT_API_URL", "") or _env("PREFECT_API_URL", ""),
+                   help="with --workers-only (default $DIFFLAB_PREFECT_API_URL, else $PREFECT_API_URL)")
+    u.add_argument("--tracking-uri", default=_env("DIFFLAB_TRACKING_URI", "") or _env("MLFLOW_TRACKING_URI", ""),
+                   help="with --workers-only (default $DIFFLAB_TRACKING_URI, else $MLFLOW_TRACKING_URI)")
     u.add_argument("--worker-limit", type=int, default=_env("DIFFLAB_WORKER_LIMIT", 0),
                    help="most flow runs each worker runs at once (default 0: no limit)")
     u.add_argument("--worker-poll-seconds", type=float, default=_env("DIFFLAB_WORKER_POLL_SECONDS", 5.0))
@@ -635,14 +683,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    state_dir = (args.state_dir or default_state_dir()).resolve()
+    try:
+        project_dir = find_project_dir(args.project_dir)
+    except StackError as exc:
+        if args.command == "up" or args.state_dir is None and not os.environ.get("DIFFLAB_STACK_DIR"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        project_dir = Path.cwd()  # status/down/env of an explicit state dir need no project
+    state_dir = (args.state_dir or default_state_dir(project_dir)).resolve()
     stack = Stack(state_dir)
     try:
         if args.command == "up":
             if args.workers_only and not (args.prefect_api_url and args.tracking_uri):
                 raise StackError("--workers-only needs --prefect-api-url and --tracking-uri "
-                                 "(or DIFFLAB_PREFECT_API_URL and DIFFLAB_TRACKING_URI)")
-            s = Settings(state_dir=state_dir, host=args.host, advertise_host=args.advertise_host,
+                                 "(or PREFECT_API_URL and MLFLOW_TRACKING_URI, as `source .stack/env` sets them)")
+            s = Settings(state_dir=state_dir, project_dir=project_dir, host=args.host, advertise_host=args.advertise_host,
                          prefect_port=args.prefect_port,
                          mlflow_port=args.mlflow_port, workers=args.workers,
                          backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination,
@@ -651,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
                          tracking_uri=args.tracking_uri if args.workers_only else "",
                          deploy=args.deploy, startup_timeout=args.timeout,
                          worker_poll_seconds=args.worker_poll_seconds, worker_limit=args.worker_limit,
-                         prefect_scheduler=args.scheduler,
+                         prefect_scheduler=args.scheduler, prefect_database_url=args.prefect_database_url,
                          mlflow_server_workers=_env("DIFFLAB_MLFLOW_SERVER_WORKERS", 1))
             up(s)
             return 0
@@ -673,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             if not stack.state or not prefect_healthy(stack.state["prefect_api_url"]):
                 raise StackError("no running stack answers; start it with `difflab stack up`")
-            s = Settings(state_dir=state_dir, pool=stack.state["pool"],
+            s = Settings(state_dir=state_dir, project_dir=Path(stack.state.get("root") or project_dir),
+                         pool=stack.state["pool"],
                          prefect_api_url=stack.state["prefect_api_url"],
                          tracking_uri=stack.state["tracking_uri"]).resolved()
             env = base_env(stack.state["id"], s)

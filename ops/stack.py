@@ -81,6 +81,8 @@ QUIET_ENV = {
 }
 
 STATE_FILE = "state.json"
+SERVER_NAMES = ("prefect", "mlflow")
+"""Services stopped last, so that the run doctor can still reach them."""
 
 
 class StackError(RuntimeError):
@@ -265,32 +267,55 @@ class Stack:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 15.0, out: Callable[[str], None] = print) -> int:
-        """SIGTERM every recorded process group (newest first) and every process carrying the stack id;
+    def stop(self, timeout: float = 15.0, out: Callable[[str], None] = print,
+             between: Callable[[], None] | None = None) -> int:
+        """Stop the workers and every other process carrying the stack id (flow runs) first, then call
+        `between` (the run doctor, while the servers still answer), then the servers. SIGTERM, and
         SIGKILL what is left after `timeout`. Returns how many processes were signalled."""
         token = self.state.get("id")
-        groups = [s for s in reversed(self.services) if _alive(s["pid"], s.get("start_time"))]
-        for s in groups:
-            out(f"stopping {s['name']} (pid {s['pid']})")
-            _signal_group(s["pgid"], signal.SIGTERM)
-        stragglers = _pids_with_env(token) if token else []
-        for pid in stragglers:
-            _signal_pid(pid, signal.SIGTERM)
+        live = [s for s in reversed(self.services) if _alive(s["pid"], s.get("start_time"))]
+        servers = [s for s in live if s["name"] in SERVER_NAMES]
+        server_groups = {s["pgid"] for s in servers}
 
-        def remaining() -> list[int]:
-            left = [s["pid"] for s in groups if _alive(s["pid"], s.get("start_time"))]
-            return left + (_pids_with_env(token) if token else [])
+        def _pgid(pid: int) -> int | None:
+            try:
+                return os.getpgid(pid)
+            except OSError:
+                return None
 
-        if not _wait_until(lambda: not remaining(), timeout):
+        def carrying_id(include_servers: bool) -> list[int]:
+            pids = _pids_with_env(token) if token else []
+            return pids if include_servers else [p for p in pids if _pgid(p) not in server_groups]
+
+        signalled = 0
+        for phase, groups in (("workers", [s for s in live if s not in servers]), ("servers", servers)):
+            include_servers = phase == "servers"
             for s in groups:
-                _signal_group(s["pgid"], signal.SIGKILL)
-            for pid in remaining():
-                _signal_pid(pid, signal.SIGKILL)
-            _wait_until(lambda: not remaining(), 5.0)
-        left = remaining()
-        if left:
-            out(f"warning: still running after SIGKILL: {left}")
-        signalled = len(groups) + len(stragglers)
+                out(f"stopping {s['name']} (pid {s['pid']})")
+                _signal_group(s["pgid"], signal.SIGTERM)
+            stragglers = carrying_id(include_servers)
+            for pid in stragglers:
+                _signal_pid(pid, signal.SIGTERM)
+            signalled += len(groups) + len(stragglers)
+
+            def remaining() -> list[int]:
+                left = [s["pid"] for s in groups if _alive(s["pid"], s.get("start_time"))]
+                return left + carrying_id(include_servers)
+
+            if not _wait_until(lambda: not remaining(), timeout):
+                for s in groups:
+                    _signal_group(s["pgid"], signal.SIGKILL)
+                for pid in remaining():
+                    _signal_pid(pid, signal.SIGKILL)
+                _wait_until(lambda: not remaining(), 5.0)
+            left = remaining()
+            if left:
+                out(f"warning: still running after SIGKILL: {left}")
+            if phase == "workers" and between is not None:
+                try:
+                    between()
+                except Exception as exc:  # noqa: BLE001 - housekeeping must not keep the stack up
+                    out(f"warning: the run doctor failed: {exc}")
         self.state = {}
         with _suppress(OSError):
             self.path.unlink()
@@ -539,6 +564,7 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
         elif not prefect_healthy(s.prefect_api_url):
             raise StackError(f"no Prefect server answers at {s.prefect_api_url}")
         ensure_work_pool(s, env)
+        run_doctor(s.tracking_uri, s.prefect_api_url, out)
         wenv = dict(env)
         wenv["PREFECT_WORKER_QUERY_SECONDS"] = str(s.worker_poll_seconds)
         wenv["PREFECT_WORKER_HEARTBEAT_SECONDS"] = str(max(5.0, s.worker_poll_seconds))
@@ -572,6 +598,16 @@ def prefect_database_url(url: str) -> str:
         if url.startswith(plain):
             return "postgresql+asyncpg://" + url[len(plain):]
     return url
+
+
+def run_doctor(tracking_uri: str, prefect_api_url: str, out: Callable[[str], None] = print) -> None:
+    """End the runs whose process died (ops/doctor.py), e.g. those a `down` or a reboot killed."""
+    from ops.doctor import doctor
+
+    try:
+        doctor(tracking_uri, prefect_api_url, out=lambda line: out(f"run doctor: {line}"))
+    except Exception as exc:  # noqa: BLE001 - never let housekeeping stop the stack from starting or stopping
+        out(f"run doctor: skipped ({type(exc).__name__}: {exc})")
 
 
 def _redact(uri: str) -> str:
@@ -714,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             if not stack.state:
                 print(f"no stack recorded in {state_dir}")
                 return 0
-            stack.stop()
+            st = dict(stack.state)
+            stack.stop(between=lambda: run_doctor(st["tracking_uri"], st["prefect_api_url"]))
             print("stack stopped")
             return 0
         if args.command == "status":

@@ -194,3 +194,173 @@ def test_a_component_that_fails_to_start_stops_the_rest(tmp_path, capsys):
 def test_redact_hides_database_passwords():
     assert stackmod._redact("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
     assert stackmod._redact("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_down_stops_workers_and_flow_runs_before_the_servers(tmp_path):
+    """The run doctor runs between the two: flow runs already dead, servers still answering."""
+    st = stackmod.Stack(tmp_path)
+    st.state = {"id": "unit-test-token-3", "services": []}
+    env = {**os.environ, "DIFFLAB_STACK_ID": "unit-test-token-3"}
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    server = st.start("mlflow", sleep, env, tmp_path)
+    worker = st.start("worker-1", sleep, env, tmp_path)
+    flow_run = _spawn("unit-test-token-3")  # a flow run a worker started in a session of its own
+    seen = {}
+
+    def between():
+        seen["worker"] = stackmod._alive(worker.pid)
+        seen["flow_run"] = stackmod._alive(flow_run.pid)
+        seen["server"] = stackmod._alive(server.pid)
+
+    try:
+        stackmod.Stack(tmp_path).stop(timeout=10, out=lambda _: None, between=between)
+        assert seen == {"worker": False, "flow_run": False, "server": True}
+        server.wait(timeout=10)
+    finally:
+        for p in (server, worker, flow_run):
+            p.kill()
+            p.wait()
+
+
+# --------------------------------------------------------------------------- project folder, env, workers
+
+
+def test_stack_is_rooted_at_the_project_folder_not_the_installed_package(tmp_path, monkeypatch):
+    project = tmp_path / "checkout"
+    (project / "flows" / "deep").mkdir(parents=True)
+    (project / "prefect.yaml").write_text("deployments: []\n")
+    monkeypatch.delenv("DIFFLAB_PROJECT_DIR", raising=False)
+    assert stackmod.find_project_dir(start=project / "flows" / "deep") == project.resolve()
+    assert stackmod.find_project_dir(project) == project.resolve()
+    with pytest.raises(stackmod.StackError, match="--project-dir"):
+        stackmod.find_project_dir(start=tmp_path)
+    s = stackmod.Settings(state_dir=tmp_path / "st", project_dir=project).resolved()
+    env = stackmod.base_env("id", s)
+    assert env["DIFFLAB_ROOT"] == str(project)
+    assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(project / "src"), str(project)]
+    assert stackmod.default_state_dir(project) == (project / ".stack").resolve() or "DIFFLAB_STACK_DIR" in os.environ
+    st = stackmod.Stack(tmp_path / "st")
+    st.state = {"root": str(project), "pool": "difflab", "prefect_api_url": "http://x/api", "tracking_uri": "http://y",
+                "workers_only": False, "services": []}
+    assert f"project dir     {project}" in stackmod.describe(st)
+
+
+def test_workers_only_honours_the_standard_variables_of_stack_env(tmp_path, monkeypatch, capsys):
+    dead = f"http://127.0.0.1:{stackmod.free_port()}"
+    for name in ("DIFFLAB_PREFECT_API_URL", "DIFFLAB_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", dead + "/api")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    rc = stackmod.main(["--state-dir", str(tmp_path), "up", "--workers-only"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"no Prefect server answers at {dead}/api" in err, err
+
+
+def test_status_names_offline_workers_apart_from_online_ones(tmp_path, monkeypatch):
+    workers = [{"name": "box-a-w1", "status": "ONLINE"}, {"name": "box-b-w1", "status": "OFFLINE"}]
+    monkeypatch.setattr(stackmod, "http_json", lambda method, url, body=None, timeout=10.0: workers)
+    monkeypatch.setattr(stackmod, "prefect_healthy", lambda api: True)
+    monkeypatch.setattr(stackmod, "mlflow_healthy", lambda uri: True)
+    st = stackmod.Stack(tmp_path)
+    st.state = {"root": str(ROOT), "pool": "difflab", "prefect_api_url": "http://x/api", "tracking_uri": "http://y",
+                "workers_only": False, "services": []}
+    lines: list[str] = []
+    assert stackmod.status(st, out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "workers online  box-a-w1\n" in text + "\n"
+    assert "workers offline box-b-w1" in text
+    assert stackmod.worker_names("http://x/api", "difflab") == ["box-a-w1"]
+
+
+def test_prefect_database_url_gets_the_async_driver():
+    assert stackmod.prefect_database_url("postgresql://p:pw@db:5432/prefect") == \
+        "postgresql+asyncpg://p:pw@db:5432/prefect"
+    assert stackmod.prefect_database_url("postgresql+asyncpg://x@h/p") == "postgresql+asyncpg://x@h/p"
+
+
+# --------------------------------------------------------------------------- the run doctor
+
+VICTIM = r"""
+import sys, time
+from difflab import tracking
+tracking.configure()
+with tracking.run("victim", "difflab", tags={"flow": "part_b"}) as rid:
+    print(rid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _killed_run() -> str:
+    """A run opened by a process that is then SIGKILLed: it stays RUNNING in MLflow."""
+    proc = subprocess.Popen([sys.executable, "-c", VICTIM], stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run_id, "the victim process did not open a run"
+    return run_id
+
+
+def test_a_killed_run_is_failed_when_the_next_flow_run_starts(mlflow_store):
+    from difflab import tracking
+
+    victim = _killed_run()
+    assert tracking.get_run(victim).info.status == "RUNNING"
+    tags = tracking.get_run(victim).data.tags
+    assert tags[tracking.HOST_TAG] and tags[tracking.PID_TAG].isdigit() and tags[tracking.PID_START_TAG]
+    with tracking.run("next", "difflab") as alive_run:  # a new flow run: the doctor runs first
+        run = tracking.get_run(victim)
+        assert run.info.status == "FAILED"
+        assert "is gone" in run.data.tags[tracking.ERROR_TAG]
+        assert tracking.find_dead_runs() == []  # this live process's own run is not touched
+    assert tracking.get_run(alive_run).info.status == "FINISHED"
+
+
+def test_other_hosts_runs_are_left_alone_unless_stale(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from difflab import tracking
+
+    tracking.configure()
+    exp = tracking.experiment_id("difflab")
+    other = MlflowClient().create_run(exp, run_name="elsewhere", tags={
+        tracking.HOST_TAG: "another-machine", tracking.PID_TAG: "1", tracking.PID_START_TAG: "1"}).info.run_id
+    assert tracking.find_dead_runs() == []
+    found = tracking.find_dead_runs(stale_hours=0.0)
+    assert [d["run_id"] for d in found] == [other] and "another-machine" in found[0]["reason"]
+
+
+def test_runs_doctor_crashes_the_prefect_flow_runs_of_dead_processes(prefect_harness, mlflow_store, capsys):
+    """Through the CLI: the MLflow run FAILED, its linked flow run and a worker's dead flow run CRASHED."""
+    from mlflow.tracking import MlflowClient
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Running
+
+    from difflab import tracking
+    from difflab.cli import main
+    from difflab.procs import hostname
+
+    @flow
+    def placeholder():
+        pass
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(placeholder)
+        runs = [client.create_flow_run(placeholder, state=Running()) for _ in range(2)]
+        client.update_flow_run(runs[1].id, infrastructure_pid=f"{hostname()}:{gone.pid}")
+    victim = _killed_run()
+    MlflowClient().set_tag(victim, tracking.PREFECT_FLOW_RUN_TAG, str(runs[0].id))
+    assert flow_id
+    api = PREFECT_API_URL.value()
+    assert main(["runs", "doctor", "--prefect-api-url", api]) == 0
+    out = capsys.readouterr().out
+    assert tracking.get_run(victim).info.status == "FAILED", out
+    with get_client(sync_client=True) as client:
+        states = [client.read_flow_run(r.id).state for r in runs]
+    assert [s.type.value for s in states] == ["CRASHED", "CRASHED"], out
+    assert "is gone" in states[0].message and str(gone.pid) in states[1].message

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from difflab import tracking
 from difflab.config import PartAConfig, flatten_params
 from tasks.edits import prepare_part_a, run_section
+from tasks.summary import publish_summary
 
 
 @flow(name="part_a", log_prints=True)
@@ -24,6 +25,7 @@ def part_a(config: PartAConfig | None = None, parent_run_id: str | None = None) 
         inputs = prepare_part_a(config)
         tracking.log_params({"model.resolved": inputs.model, "model.run_id": inputs.model_run_id})
         sections = {s: run_section(config, s, inputs, run) for s in config.sections}
+    publish_summary("part_a", run)
     get_run_logger().info("Part A done: MLflow run %s — %s", run, tracking.ui_hint())
     return {"run_id": run, "inputs": inputs.model_dump(), "sections": sections}
 

@@ -16,8 +16,10 @@ from difflab.config import PartBConfig, flatten_params
 from difflab.data import MnistData
 from tasks.data import prepare_data
 from tasks.evaluation import evaluate
+from tasks.promotion import promote_models
 from tasks.refs import DataRef, StageRef
 from tasks.sampling import sample_stage
+from tasks.summary import publish_summary
 from tasks.training import STAGE_NAMES, train_class_ddpm, train_denoiser, train_time_ddpm
 
 TRAINERS = {"denoiser": train_denoiser, "time": train_time_ddpm, "class": train_class_ddpm}
@@ -96,6 +98,8 @@ def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) 
         if config.evaluation.enabled:
             quality = evaluate(config, data, refs, parent)
             tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=parent)
+    promote_models(config, parent, refs, quality)  # the champion alias moves only past the quality gate
+    publish_summary("part_b", parent)  # Prefect artifacts: MLflow link, headline numbers
     log.info("Part B done: MLflow run %s — %s", parent, tracking.ui_hint())
     return {"run_id": parent, "data": data.model_dump(), "evaluation": quality,
             "stages": {s: r.model_dump() for s, r in refs.items()}}

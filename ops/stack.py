@@ -601,8 +601,8 @@ def prefect_database_url(url: str) -> str:
 
 
 def run_doctor(tracking_uri: str, prefect_api_url: str, out: Callable[[str], None] = print) -> None:
-    """End the runs whose process died (ops/doctor.py), e.g. those a `down` or a reboot killed."""
-    from ops.doctor import doctor
+    """End the runs whose process died (ops/runs.py), e.g. those a `down` or a reboot killed."""
+    from ops.runs import doctor
 
     try:
         doctor(tracking_uri, prefect_api_url, out=lambda line: out(f"run doctor: {line}"))

@@ -44,14 +44,19 @@ def _mnist_checkpoint(cfg: PartAConfig) -> tuple[str, str | None]:
         return m.checkpoint, None
     run_id = m.model_run_id
     if run_id is None:
-        version = tracking.latest_model_version(m.registered_model)
+        if m.model_alias:
+            version = tracking.model_version_by_alias(m.registered_model, m.model_alias)
+        else:
+            version = tracking.latest_model_version(m.registered_model)
         run_id = version.run_id if version is not None else None
     if run_id is None:
         if not m.train_if_missing:
+            which = f"models:/{m.registered_model}@{m.model_alias}" if m.model_alias else \
+                f"registered model {m.registered_model!r}"
             raise FileNotFoundError(
-                f"no class-conditioned MNIST model yet (registered model {m.registered_model!r} is empty); "
-                "run `difflab part-b` first, or pass --set mnist.train_if_missing=true, "
-                "or --set mnist.checkpoint=PATH")
+                f"no class-conditioned MNIST model at {which}; make one with `difflab part-b --profile quick` "
+                "(a run that passes tracking.gate becomes the champion; tiny and sweep runs never do) or "
+                "`difflab runs promote`, or pass --set mnist.train_if_missing=true or --set mnist.checkpoint=PATH")
         from flows.part_b import part_b
 
         get_run_logger().info("no MNIST model yet: training one with the quick profile")

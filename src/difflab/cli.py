@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return stack_main(argv[1:])
     if argv and argv[0] == "runs":  # run housekeeping: `difflab runs doctor`
-        from ops.doctor import main as runs_main
+        from ops.runs import main as runs_main
 
         return runs_main(argv[1:])
     args = parser().parse_args(argv)

@@ -317,6 +317,30 @@ def latest_model_version(name: str):
     return versions[0] if versions else None
 
 
+def model_versions_of_run(name: str, run_id: str) -> list:
+    """Versions of a registered model that a run logged (newest first)."""
+    return MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'",
+                                                order_by=["version_number DESC"])
+
+
+def tag_model_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value)[:_PARAM_MAX])
+
+
+def set_model_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def model_version_by_alias(name: str, alias: str):
+    """The version models:/<name>@<alias> points at, or None (no such model or alias)."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def search_runs(experiments: Sequence[str] | None = None, filter_string: str = "", run_ids: Sequence[str] = ()):
     """Runs as a pandas DataFrame (mlflow.search_runs' layout), by experiment names, filter or ids."""
     import pandas as pd

@@ -1,6 +1,9 @@
-"""The run doctor: runs whose process died stay RUNNING forever unless something ends them.
+"""Run housekeeping: the run doctor, and setting the champion model by hand.
 
     difflab runs doctor [--experiment NAME] [--stale-hours H] [--dry-run]
+    difflab runs promote [--model difflab-class-ddpm] (--version N | --run-id RUN) [--alias champion]
+
+Runs whose process died stay RUNNING forever unless something ends them.
 
 A RUNNING MLflow run carries the host, pid and pid start time of the process that opened
 it (tags difflab.host, difflab.pid, difflab.pid_start, set by difflab.tracking.run). On
@@ -109,6 +112,24 @@ def doctor(tracking_uri: str | None = None, prefect_api_url: str | None = None, 
     return {"mlflow": runs, "prefect": crashed}
 
 
+def promote(model: str, version: str | None, run_id: str | None, alias: str, tracking_uri: str | None = None,
+            out: Callable[[str], None] = print) -> str:
+    """Point models:/<model>@<alias> at a version (or at the version a run logged); returns the version."""
+    from difflab import tracking
+    from difflab.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None)
+    if run_id:
+        found = tracking.model_versions_of_run(model, run_id)
+        if not found:
+            raise ValueError(f"run {run_id} logged no version of registered model {model!r}; "
+                             "give the class_ddpm stage run's id, or --version")
+        version = found[0].version
+    tracking.set_model_alias(model, alias, str(version))
+    out(f"models:/{model}@{alias} -> version {version}")
+    return str(version)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="difflab runs", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,7 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--stale-hours", type=float, default=None,
                    help="also end runs of other hosts (or without process tags) older than this")
     d.add_argument("--dry-run", action="store_true", help="only list what would change")
+    pr = sub.add_parser("promote", help="point the champion alias at a registered model version by hand")
+    pr.add_argument("--model", default="difflab-class-ddpm")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version")
+    which.add_argument("--run-id", help="the stage run that logged the version")
+    pr.add_argument("--alias", default="champion")
+    pr.add_argument("--tracking-uri", default=None)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "promote":
+        try:
+            promote(args.model, args.version, args.run_id, args.alias, args.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - one line with the fix, as everywhere
+            print(f"difflab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        return 0
     doctor(args.tracking_uri, args.prefect_api_url, args.experiment, args.stale_hours, args.dry_run)
     return 0
 

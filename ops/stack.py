@@ -480,7 +480,8 @@ def deployments_in(prefect_file: Path) -> list[dict[str, Any]]:
 
 def deploy(s: Settings, env: dict[str, str], names: Iterable[str] = (), prefect_file: Path | None = None,
            timeout: float = 300.0, out: Callable[[str], None] = print) -> list[str]:
-    """Register deployments of prefect.yaml whose entrypoint file exists; returns their `flow/name`s."""
+    """Register deployments of prefect.yaml whose entrypoint file exists; returns their `flow/name`s.
+    Deployments of another work pool (the docker variant) only when named."""
     prefect_file = Path(prefect_file or s.project_dir / PROJECT_MARKER)
     wanted = set(names)
     chosen, skipped = [], []
@@ -488,6 +489,11 @@ def deploy(s: Settings, env: dict[str, str], names: Iterable[str] = (), prefect_
         path, _, func = str(d.get("entrypoint", "")).partition(":")
         label = f"{func}/{d.get('name')}"
         if wanted and d.get("name") not in wanted and label not in wanted:
+            continue
+        pool = (d.get("work_pool") or {}).get("name", s.pool)
+        if not wanted and pool != s.pool:
+            out(f"skipping {label}: its work pool {pool!r} is not {s.pool!r} (register it by name: "
+                f"difflab stack serve --name {label})")
             continue
         (chosen if (prefect_file.parent / path).is_file() else skipped).append((label, d.get("name"), path))
     for label, _, path in skipped:
@@ -714,6 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="register (or update) the deployments of prefect.yaml with the running server")
     sv.add_argument("--name", action="append", default=[], help="only this deployment (name or flow/name); repeatable")
     sv.add_argument("--prefect-file", type=Path, default=None)
+    sv.add_argument("--prefect-api-url", default="",
+                    help="a Prefect server this stack did not start (e.g. compose.yaml's); default: the stack's")
     return p
 
 
@@ -763,13 +771,22 @@ def main(argv: list[str] | None = None) -> int:
             print((state_dir / ENV_FILE).read_text(), end="")
             return 0
         if args.command == "serve":
-            if not stack.state or not prefect_healthy(stack.state["prefect_api_url"]):
-                raise StackError("no running stack answers; start it with `difflab stack up`")
-            s = Settings(state_dir=state_dir, project_dir=Path(stack.state.get("root") or project_dir),
-                         pool=stack.state["pool"],
-                         prefect_api_url=stack.state["prefect_api_url"],
-                         tracking_uri=stack.state["tracking_uri"]).resolved()
-            env = base_env(stack.state["id"], s)
+            if args.prefect_api_url:  # a server this stack did not start (compose's, a team's)
+                s = Settings(state_dir=state_dir, project_dir=project_dir, prefect_api_url=args.prefect_api_url,
+                             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "unused")).resolved()
+                stack_id = "serve-" + uuid.uuid4().hex
+            else:
+                if not stack.state:
+                    raise StackError("no stack recorded; start one with `difflab stack up`, or name a server "
+                                     "with --prefect-api-url")
+                s = Settings(state_dir=state_dir, project_dir=Path(stack.state.get("root") or project_dir),
+                             pool=stack.state["pool"], prefect_api_url=stack.state["prefect_api_url"],
+                             tracking_uri=stack.state["tracking_uri"]).resolved()
+                stack_id = stack.state["id"]
+            if not prefect_healthy(s.prefect_api_url):
+                raise StackError(f"no Prefect server answers at {s.prefect_api_url}; start it with `difflab stack up`")
+            env = base_env(stack_id, s)
+            ensure_work_pool(s, env)
             deploy(s, env, names=args.name, prefect_file=args.prefect_file)
             return 0
     except StackError as exc:

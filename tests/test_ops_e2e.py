@@ -201,8 +201,8 @@ def test_scheduled_deployments_exist_with_their_cron(ops_stack):
     expected = 0
     for d in declared:
         path, _, func = d["entrypoint"].partition(":")
-        if not (ROOT / path).is_file():
-            continue  # the stack skips flows that do not exist yet (and says so)
+        if not (ROOT / path).is_file() or d["work_pool"]["name"] != "difflab":
+            continue  # the stack skips flows that do not exist yet and other pools' variants (and says so)
         expected += 1
         name = f"{func}/{d['name']}"
         assert name in by_name, f"{name} not registered; registered: {sorted(by_name)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ def test_prefect_yaml_schedules_every_flow_with_valid_cron():
     by_flow: dict[str, list[dict]] = {}
     for d in _declared():
         by_flow.setdefault(d["entrypoint"], []).append(d)
-        assert d["work_pool"]["name"] == "difflab"
+        assert d["work_pool"]["name"] in ("difflab", "difflab-docker")
         assert set(d.get("parameters", {})) <= {"config"}, d["name"]
         for s in d.get("schedules") or []:
             CronSchedule(cron=s["cron"], timezone=s["timezone"])  # raises on a bad cron or zone
@@ -364,3 +365,89 @@ def test_runs_doctor_crashes_the_prefect_flow_runs_of_dead_processes(prefect_har
         states = [client.read_flow_run(r.id).state for r in runs]
     assert [s.type.value for s in states] == ["CRASHED", "CRASHED"], out
     assert "is gone" in states[0].message and str(gone.pid) in states[1].message
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_dockerfile_installs_the_way_the_readme_does():
+    lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.strip()
+             and not ln.lstrip().startswith("#")]
+    runs = [ln for ln in lines if ln.startswith("RUN ")]
+    installs = [ln for ln in runs if "pip" in ln or "make" in ln.split()[1:2]]
+    assert installs == ["RUN make dev"], installs  # the Makefile's target, not a copy of its pip line
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\ndev: $(BIN)/python\n\t$(BIN)/pip install -q -e '.[dev]'" in makefile
+    docs = (ROOT / "README.md").read_text() + (ROOT / "docs" / "operations.md").read_text()
+    assert "make dev" in docs
+    extras = (ROOT / "pyproject.toml").read_text()
+    for driver in ("psycopg", "asyncpg", "boto3"):  # compose's PostgreSQL (MLflow, Prefect) and MinIO
+        assert driver in extras
+    assert "WORKDIR /app" in lines and "COPY . /app" in lines
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".stack", "mlruns"} <= set(ignored)
+
+
+def test_compose_file_wires_the_services_together():
+    compose = _compose()
+    services = compose["services"]
+    assert {"postgres", "minio", "minio-bucket", "mlflow", "prefect", "deploy", "worker"} <= set(services)
+    for name, svc in services.items():
+        assert svc.get("image"), f"{name} has no image"
+        for dep in svc.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on unknown {dep}"
+        for vol in svc.get("volumes") or []:
+            src = vol.split(":")[0]
+            if src.startswith("./"):
+                assert (ROOT / src).exists(), f"{name} mounts missing {src}"
+            else:
+                assert src in compose["volumes"], f"{name} uses undeclared volume {src}"
+    ours = {n: s for n, s in services.items() if s["image"] == "difflab:latest"}
+    assert set(ours) == {"mlflow", "prefect", "deploy", "worker"} and all(s["build"] == "." for s in ours.values())
+    for name, svc in ours.items():  # each command is a console script the image's venv has
+        assert Path(stackmod._bin(svc["command"][0])).name == svc["command"][0], name
+    init_sql = (ROOT / "docker" / "postgres-init.sql").read_text()
+    pg_env = services["postgres"]["environment"]
+    prefect_db = services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert prefect_db.startswith("postgresql+asyncpg://") and prefect_db.rsplit("/", 1)[1] in init_sql
+    ml_cmd = services["mlflow"]["command"]
+    store = ml_cmd[ml_cmd.index("--backend-store-uri") + 1]
+    assert store.startswith("postgresql://") and store.rsplit("/", 1)[1] == pg_env["POSTGRES_DB"]
+    bucket = ml_cmd[ml_cmd.index("--artifacts-destination") + 1].removeprefix("s3://").split("/")[0]
+    assert f"local/{bucket}" in services["minio-bucket"]["command"][0]
+    # the deploy step's command parses with the stack's own parser; the worker draws from prefect.yaml's pool
+    args = stackmod.build_parser().parse_args(services["deploy"]["command"][2:])
+    assert args.command == "serve" and args.prefect_api_url == services["worker"]["environment"]["PREFECT_API_URL"]
+    worker = services["worker"]["command"]
+    assert worker[worker.index("--pool") + 1] == "difflab"
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        res = subprocess.run(["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+
+
+def test_docker_work_pool_variant_runs_the_image_on_the_compose_network():
+    compose = _compose()
+    [variant] = [d for d in _declared() if d["work_pool"]["name"] == "difflab-docker"]
+    jobs = variant["work_pool"]["job_variables"]
+    assert jobs["image"] == compose["services"]["worker"]["image"]
+    assert f"{compose['name']}_default" in jobs["networks"]
+    assert variant["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
+    assert jobs["env"]["MLFLOW_TRACKING_URI"] == compose["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"]
+
+
+def test_serve_registers_only_the_stacks_pool_unless_named(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(stackmod, "_run_cli", lambda cmd, env, timeout, cwd=None: calls.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0, "", ""))
+    monkeypatch.setattr(stackmod, "_bin", lambda name: name)
+    s = stackmod.Settings(state_dir=tmp_path, project_dir=ROOT).resolved()
+    lines: list[str] = []
+    labels = stackmod.deploy(s, {}, out=lines.append)
+    assert "part_b/tiny" in labels and "part_b/tiny-docker" not in labels
+    assert any("tiny-docker" in ln and "difflab-docker" in ln for ln in lines)
+    assert stackmod.deploy(s, {}, names=["part_b/tiny-docker"], out=lines.append) == ["part_b/tiny-docker"]

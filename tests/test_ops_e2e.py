@@ -299,3 +299,40 @@ def test_sweep_fans_out_in_parallel_and_compares(ops_stack, triggered):
     assert compare_id, "the sweep did not run the compare flow"
     compare_run = ml.get("runs/get", run_id=compare_id)["run"]
     assert sorted(run_tags(compare_run)["compared_runs"].split(",")) == sorted(r["mlflow_run_id"] for r in rows)
+
+
+def test_zz_down_while_a_flow_runs_leaves_no_phantom_runs(ops_stack):
+    """Last (it stops the stack): `stack down` mid-run ends the flow run CRASHED and its MLflow runs FAILED."""
+    env, api, ml = ops_stack["env"], ops_stack["api"], ops_stack["mlflow"]
+    down = [sys.executable, "-m", "ops.stack", "--state-dir"]
+    res = subprocess.run(down + [str(ops_stack["remote"].dir), "down"], env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=120)  # one worker left: it takes the run
+    assert res.returncode == 0, res.stdout + res.stderr
+    flow_run_id = trigger(env, "part_b/tiny", {"config": {"profile": "tiny", "force": True, "seed": 7}})
+    exp = ml.experiment_id("difflab")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # until the flow run has opened its MLflow run and is training
+        runs = ml.search(exp, f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+        if runs and runs[0]["info"]["status"] == "RUNNING":
+            break
+        assert time.monotonic() < deadline, f"the run never started:\n{flow_run_logs(api, flow_run_id)}"
+        time.sleep(0.5)
+    parent_id = runs[0]["info"]["run_id"]
+    res = subprocess.run(down + [str(ops_stack["state"]), "down"], env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"MLflow run {parent_id}" in res.stdout and f"Prefect flow run {flow_run_id}: set CRASHED" in res.stdout, \
+        res.stdout
+    # The servers are down now: read their stores directly.
+    import sqlite3
+
+    with sqlite3.connect(ops_stack["state"] / "mlflow.db") as db:
+        status = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (parent_id,)).fetchone()
+        error = db.execute("SELECT value FROM tags WHERE run_uuid = ? AND key = 'difflab.error'", (parent_id,)).fetchone()
+        running = db.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone()
+    assert status == ("FAILED",) and error and "is gone" in error[0]
+    assert running == (0,), "a run stayed RUNNING after down"
+    with sqlite3.connect(ops_stack["state"] / "prefect-home" / "prefect.db") as db:
+        states = dict(db.execute("SELECT id, state_type FROM flow_run").fetchall())
+    assert states.get(flow_run_id) == "CRASHED", states
+    assert "RUNNING" not in states.values(), states

@@ -11,13 +11,20 @@ Every process is started in its own session (process group) and recorded in
 recycled pid is never signalled. Every process also carries a unique
 `DIFFLAB_STACK_ID` in its environment, inherited by everything it spawns; `down`
 stops the recorded process groups and then any process still carrying the id
-(Prefect starts each flow run in a session of its own).
+(Prefect starts each flow run in a session of its own). `down` stops the workers
+and flow runs first, then runs the run doctor (ops/runs.py) while the servers still
+answer, then stops the servers; `up` runs the doctor too.
+
+The stack serves one project folder: --project-dir, $DIFFLAB_PROJECT_DIR, else the
+nearest folder from the current one upwards with a prefect.yaml (never the folder the
+package happens to be installed from).
 
 This module talks to Prefect and MLflow only through their command lines and
-HTTP APIs, never by importing them.
+HTTP APIs, never by importing them (the run doctor, imported when it runs, uses MLflow's client).
 
 Settings: flags, else environment variables, else defaults:
-    DIFFLAB_STACK_DIR                       .stack (under the repository root)
+    DIFFLAB_PROJECT_DIR                     the nearest folder upwards with a prefect.yaml
+    DIFFLAB_STACK_DIR                       .stack (under the project folder)
     DIFFLAB_STACK_HOST                      127.0.0.1 (bind address; 0.0.0.0 to serve other machines)
     DIFFLAB_ADVERTISE_HOST                  the bind address (the name other machines use for this one)
     DIFFLAB_PREFECT_PORT                    4200
@@ -27,8 +34,9 @@ Settings: flags, else environment variables, else defaults:
     DIFFLAB_MLFLOW_BACKEND_STORE_URI        sqlite:///<state dir>/mlflow.db  (or postgresql://user:pw@host:5432/mlflow)
     DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION    <state dir>/mlartifacts     (or s3://bucket/prefix; MLFLOW_S3_ENDPOINT_URL for MinIO)
     DIFFLAB_MLFLOW_SERVER_WORKERS           1 (uvicorn processes of the MLflow server; more for a team)
-    DIFFLAB_PREFECT_API_URL                 set with --workers-only: the remote Prefect server's API
-    DIFFLAB_TRACKING_URI                    set with --workers-only: the remote MLflow server
+    DIFFLAB_PREFECT_DATABASE_URL            SQLite under the state dir (or postgresql://user:pw@host:5432/prefect)
+    DIFFLAB_PREFECT_API_URL                 with --workers-only: the remote Prefect server's API (else PREFECT_API_URL)
+    DIFFLAB_TRACKING_URI                    with --workers-only: the remote MLflow server (else MLFLOW_TRACKING_URI)
 """
 
 from __future__ import annotations

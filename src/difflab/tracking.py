@@ -191,7 +191,10 @@ def crash_prefect_flow_runs(reasons: Mapping[str, str]) -> list[str]:
 def _reap_quietly(experiment: str) -> None:
     """The run doctor at a flow's start: never let housekeeping fail the flow."""
     try:
-        for d in reap_dead_runs([experiment]):
+        # Prefect's side only where an API is at hand: in a flow run, or a server named by PREFECT_API_URL
+        # (outside both, Prefect's client would start a temporary server just for this).
+        prefect = bool(_prefect_tags()) or bool(os.environ.get("PREFECT_API_URL"))
+        for d in reap_dead_runs([experiment], crash_flow_runs=prefect):
             print(f"difflab: marked MLflow run {d['run_id']} ({d['run_name']}) FAILED: {d['reason']}")
     except Exception:  # noqa: BLE001
         pass

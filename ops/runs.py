@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             promote(args.model, args.version, args.run_id, args.alias, args.tracking_uri)
         except Exception as exc:  # noqa: BLE001 - one line with the fix, as everywhere
-            print(f"difflab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            print(f"difflab: error: {str(exc).splitlines()[0]} (registered models come from `difflab part-b` runs; "
+                  "see them in the MLflow UI under Models)", file=sys.stderr)
             return 2
         return 0
     doctor(args.tracking_uri, args.prefect_api_url, args.experiment, args.stale_hours, args.dry_run)

@@ -33,8 +33,11 @@ def gather(config: CompareConfig):
         df = tracking.search_runs(run_ids=config.run_ids)
     else:
         df = tracking.search_runs([config.experiment], config.filter)
+        df, failed = report.drop_failed(df)  # partial numbers of a failed or killed run mislead
+        if failed:
+            get_run_logger().info("skipping %d FAILED/KILLED runs: %s", len(failed), ", ".join(failed))
     if df.empty:
-        raise ValueError(f"no runs match experiment {config.experiment!r} and filter {config.filter!r}; "
+        raise ValueError(f"no finished runs match experiment {config.experiment!r} and filter {config.filter!r}; "
                          "run a flow first or change --set filter=... / --set run_ids=[...]")
     return df.sort_values("start_time", ascending=False).head(config.max_runs).reset_index(drop=True)
 

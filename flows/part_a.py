@@ -12,6 +12,7 @@ from difflab import tracking
 from difflab.config import PartAConfig, PartBConfig, flatten_params
 from flows.part_b import part_b
 from tasks.edits import find_mnist_model, prepare_part_a, run_section
+from tasks.summary import publish_summary
 
 
 @flow(name="part_a", log_prints=True)
@@ -26,6 +27,7 @@ def part_a(config: PartAConfig | None = None, parent_run_id: str | None = None) 
         inputs = prepare_part_a(config, model)
         tracking.log_params({"model.resolved": inputs.model, "model.run_id": inputs.model_run_id})
         sections = {s: run_section(config, s, inputs, run) for s in config.sections}
+    publish_summary("part_a", run)
     get_run_logger().info("Part A done: MLflow run %s — %s", run, tracking.ui_hint())
     return {"run_id": run, "inputs": inputs.model_dump(), "sections": sections}
 

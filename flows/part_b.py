@@ -17,8 +17,10 @@ from difflab.stages import STAGES
 from difflab.train import device_name, pick_device
 from tasks.data import prepare_data
 from tasks.evaluation import evaluate
+from tasks.promotion import promote_models
 from tasks.refs import DataRef, StageRef
 from tasks.sampling import sample_stage
+from tasks.summary import publish_summary
 from tasks.training import train_stage
 
 
@@ -33,6 +35,8 @@ def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) 
         if config.evaluation.enabled:
             quality = evaluate(config, data, refs, run_id)
             tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=run_id)
+    promote_models(config, run_id, refs, quality)  # the champion alias moves only past the quality gate
+    publish_summary("part_b", run_id)  # Prefect artifacts: MLflow link, headline numbers
     get_run_logger().info("Part B done: MLflow run %s — %s", run_id, tracking.ui_hint())
     return {"run_id": run_id, "data": data.model_dump(), "evaluation": quality,
             "stages": {s: r.model_dump() for s, r in refs.items()}, "headline": headline(refs, quality)}

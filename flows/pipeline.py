@@ -9,6 +9,7 @@ from difflab.config import PipelineConfig
 from difflab.stages import STAGES
 from flows.part_a import part_a
 from flows.part_b import part_b
+from tasks.summary import publish_summary
 
 
 @flow(name="pipeline", log_prints=True)
@@ -25,6 +26,7 @@ def pipeline(config: PipelineConfig | None = None) -> dict:
             a_cfg = config.part_a.model_copy(update={"backend": "mnist", "mnist": config.part_a.mnist.model_copy(
                 update={"checkpoint": editable[0]["checkpoint"], "data": config.part_b.data})})
             result["part_a"] = part_a(config=a_cfg, parent_run_id=run)
+    publish_summary("pipeline", run, {"part_b": b["run_id"], "part_a": result.get("part_a", {}).get("run_id")})
     return result
 
 

@@ -49,7 +49,10 @@ def find_mnist_model(cfg: PartAConfig) -> tuple[str, str | None] | None:
         return m.checkpoint, None
     run_id = m.model_run_id
     if run_id is None:
-        version = tracking.latest_model_version(m.registered_model)
+        if m.model_alias:
+            version = tracking.model_version_by_alias(m.registered_model, m.model_alias)
+        else:
+            version = tracking.latest_model_version(m.registered_model)
         run_id = version.run_id if version is not None else None
     if run_id is None:
         return None
@@ -57,8 +60,9 @@ def find_mnist_model(cfg: PartAConfig) -> tuple[str, str | None] | None:
     return str(path), run_id
 
 
-NO_MODEL_HELP = ("run `difflab part-b` first, or pass --set mnist.train_if_missing=true, "
-                 "or --set mnist.checkpoint=PATH")
+NO_MODEL_HELP = ("make one with `difflab part-b --profile quick` (a run that passes tracking.gate becomes the "
+                 "champion; tiny and sweep runs never do) or `difflab runs promote`, or pass "
+                 "--set mnist.train_if_missing=true or --set mnist.checkpoint=PATH")
 
 
 @task(name="prepare-part-a", retries=1, retry_delay_seconds=5,
@@ -70,8 +74,10 @@ def prepare_part_a(cfg: PartAConfig, mnist_model: tuple[str, str | None] | None 
     run_id = None
     if cfg.backend == "mnist":
         if mnist_model is None:
-            raise FileNotFoundError(f"no class-conditioned MNIST model yet (registered model "
-                                    f"{cfg.mnist.registered_model!r} is empty); {NO_MODEL_HELP}")
+            m = cfg.mnist
+            which = f"models:/{m.registered_model}@{m.model_alias}" if m.model_alias else \
+                f"registered model {m.registered_model!r}"
+            raise FileNotFoundError(f"no class-conditioned MNIST model at {which}; {NO_MODEL_HELP}")
         model, run_id = mnist_model
     else:
         model = cfg.deepfloyd.stage1

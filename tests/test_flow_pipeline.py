@@ -64,6 +64,12 @@ def test_pipeline_runs_part_b_then_part_a_with_quality_metrics(pipeline_run):
     assert sections["part_a/inpaint"].data.metrics["unmasked_max_abs_change"] == pytest.approx(0, abs=1e-5)
     assert "hand_drawn_7.png" in sections["part_a/sdedit"].data.params["user_images"]
 
+    # The Prefect UI: the pipeline's summary artifact holds both parts' headline numbers.
+    from test_ops_flows import _artifacts
+
+    summary = _artifacts("pipeline-summary")[0].data
+    assert "## part_b:" in summary and "## part_a:" in summary and "eval.class_agreement" in summary
+
 
 def test_compare_puts_two_runs_side_by_side(pipeline_run, tmp_path):
     from flows.compare import compare

@@ -1,11 +1,14 @@
-"""MLflow's backend store on a real PostgreSQL: Debian's server, started by the test on loopback.
+"""MLflow's backend store and Prefect's database on a real PostgreSQL: Debian's server, started by the test
+on loopback.
 
 `scripts/install_postgres.sh` installs the `postgresql` package when it is missing
 (CI: root, apt). The test runs its own cluster in a temp directory on a free port,
-starts the stack with `--backend-store-uri postgresql://...`, logs a run the way the
+starts the stack with `--backend-store-uri postgresql://.../mlflow` and
+`--prefect-database-url postgresql://.../prefect` (asyncpg), logs a run the way the
 flows do (difflab.tracking: nested runs, params, metrics, an image, a checkpoint, a
 registered model) against the MLflow server, and reads it back through the REST API
-and straight from PostgreSQL's tables. Everything started is stopped, pass or fail.
+and straight from PostgreSQL's tables, and finds the stack's work pool in Prefect's own tables there.
+Everything started is stopped, pass or fail.
 It skips only where installing PostgreSQL is impossible (no apt-get, not root) and
 never in CI (CI=true), where that is a failure.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from difflab import stack as stackmod
+from ops import stack as stackmod
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_USER = "mlflow"
@@ -70,8 +73,9 @@ class LocalPostgres:
         res = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts,
                         "-w", "-t", "60", "start")
         assert res.returncode == 0, f"pg_ctl start failed:\n{res.stdout}\n{res.stderr}\n{self.log_tail()}"
-        res = self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER, "mlflow")
-        assert res.returncode == 0, f"createdb failed:\n{res.stdout}\n{res.stderr}"
+        for db in ("mlflow", "prefect"):
+            res = self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER, db)
+            assert res.returncode == 0, f"createdb {db} failed:\n{res.stdout}\n{res.stderr}"
         return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/mlflow"
 
     def log_tail(self) -> str:
@@ -134,10 +138,11 @@ def test_mlflow_on_postgres_backend_store(postgres, tmp_path):
 
     state = tmp_path / "stack"
     env = ops_env(tmp_path / "prefect-home")
-    cmd = [sys.executable, "-m", "difflab.stack", "--state-dir", str(state), "up",
+    cmd = [sys.executable, "-m", "ops.stack", "--state-dir", str(state), "up",
            "--prefect-port", str(stackmod.free_port()), "--mlflow-port", str(stackmod.free_port()),
            "--workers", "0", "--no-deploy", "--no-scheduler", "--timeout", "150",
-           "--backend-store-uri", postgres, "--artifacts-destination", str(tmp_path / "artifacts")]
+           "--backend-store-uri", postgres, "--artifacts-destination", str(tmp_path / "artifacts"),
+           "--prefect-database-url", postgres.rsplit("/", 1)[0] + "/prefect"]
     stack_id = None
     try:
         res = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300,
@@ -179,6 +184,11 @@ def test_mlflow_on_postgres_backend_store(postgres, tmp_path):
             assert cur.fetchone() == ("postgresql",)
             cur.execute("SELECT name FROM registered_models")
             assert ("difflab-pg-check",) in cur.fetchall()
+        # ... and Prefect's server keeps its own state in PostgreSQL too: the pool `up` created is there.
+        assert "Prefect store   postgresql+asyncpg://" in res.stdout
+        with psycopg.connect(postgres.rsplit("/", 1)[0] + "/prefect") as conn, conn.cursor() as cur:
+            cur.execute("SELECT name FROM work_pool")
+            assert ("difflab",) in cur.fetchall()
     finally:
         st = stackmod.Stack(state)
         stack_id = stack_id or st.state.get("id")

@@ -113,3 +113,37 @@ def test_write_report_writes_every_artifact(runs, tmp_path):
     assert set(paths) == {"csv", "markdown", "bars", "curves"}
     assert all(p.exists() and p.stat().st_size > 0 for p in paths.values())
     assert paths["markdown"].read_text().count("\n") == 2 + len(runs)
+
+
+def _same_named_runs(n_metrics: int = 9) -> pd.DataFrame:
+    """Three part_b-tiny runs (same name, as a sweep's are) and metrics of every stage, MLflow's alphabetical order."""
+    stages = ["class_ddpm", "denoiser", "eval", "time_ddpm"]
+    metrics = {f"metrics.{stages[i % 4]}.m{i}": [0.1 * (i + 1), 0.2, 0.3] for i in range(n_metrics)}
+    return pd.DataFrame({"run_id": ["aaaaaaaa11", "bbbbbbbb22", "cccccccc33"],
+                         "tags.mlflow.runName": ["part_b-tiny"] * 3,
+                         "status": ["FINISHED", "FAILED", "FINISHED"], **dict(sorted(metrics.items()))})
+
+
+def test_same_named_runs_get_distinct_labels_and_metrics_follow_the_stages():
+    table = comparison_table(_same_named_runs())
+    assert table["run_name"].tolist() == ["part_b-tiny (aaaaaaaa)", "part_b-tiny (bbbbbbbb)", "part_b-tiny (cccccccc)"]
+    stages = [c.split(".")[1] for c in table.columns if c.startswith("metrics.")]
+    assert stages == sorted(stages, key=["denoiser", "time_ddpm", "class_ddpm", "eval"].index)
+    assert "denoiser.m1" in to_markdown(table).splitlines()[0].split("|")[3]
+
+
+def test_metric_bars_are_a_grid_not_one_row():
+    from difflab.report import ReportConfig
+
+    cfg = ReportConfig(bar_columns=4)
+    image = metric_bars(comparison_table(_same_named_runs(9)), cfg=cfg)
+    rows = math.ceil(9 / 4)
+    assert image.height >= rows * cfg.panel_height * cfg.dpi * 0.95
+    assert image.width <= 4 * max(cfg.panel_width / 2, cfg.bar_width_per_run * 3) * cfg.dpi * 1.05
+
+
+def test_failed_runs_are_dropped_from_a_comparison():
+    from difflab.report import drop_failed
+
+    kept, dropped = drop_failed(_same_named_runs())
+    assert dropped == ["bbbbbbbb22"] and kept["run_id"].tolist() == ["aaaaaaaa11", "cccccccc33"]

@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     for name, (_, _, help_text) in FLOWS.items():
         _add_common(sub.add_parser(name, help=help_text))
     sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack (difflab stack --help)")
+    sub.add_parser("runs", help="run housekeeping: `difflab runs doctor` ends runs whose process died")
     return p
 
 
@@ -167,10 +168,16 @@ def _disk_full_line(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("stack", "runs"):
+        _ensure_repo_on_path()  # ops/ lives at the repository root, beside src/
     if argv and argv[0] == "stack":  # its own parser, help included
-        from difflab.stack import main as stack_main
+        from ops.stack import main as stack_main
 
         return stack_main(argv[1:])
+    if argv and argv[0] == "runs":  # run housekeeping: `difflab runs doctor`
+        from ops.runs import main as runs_main
+
+        return runs_main(argv[1:])
     args = parser().parse_args(argv)
     flow_ref, config_ref, _ = FLOWS[args.command]
     try:

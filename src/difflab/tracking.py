@@ -29,6 +29,11 @@ CACHE_KEY_TAG = "difflab.cache_key"
 STAGE_TAG = "difflab.stage"
 REUSED_TAG = "difflab.reused_from"
 ERROR_TAG = "difflab.error"
+HOST_TAG = "difflab.host"
+PID_TAG = "difflab.pid"
+PID_START_TAG = "difflab.pid_start"
+"""Which process opened a run: the run doctor marks RUNNING runs FAILED once that process is gone."""
+PREFECT_FLOW_RUN_TAG = "prefect.flow_run_id"
 _BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 _PARAM_MAX = 6000
 
@@ -154,10 +159,14 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         run_id: str | None = None) -> Iterator[str]:
     """Open (or reopen, with run_id) a run in this thread; it ends FAILED if the body raises."""
     if run_id is None:
-        all_tags = {**_prefect_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+        all_tags = {**_prefect_tags(), **process_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
+        else:  # a new flow run: first close the runs of processes that died (one cheap query)
+            _reap_quietly(experiment)
         run_id = MlflowClient().create_run(experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
+    else:  # reopened (a resume): this process owns it now
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
     active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
     try:
         yield run_id
@@ -182,6 +191,111 @@ def flow_run(flow_name: str, run_name: str, experiment: str, parent_run_id: str 
     all_tags = {"flow": flow_name, "git_commit": commit, "mlflow.source.git.commit": commit, **(tags or {})}
     with run(run_name, experiment, parent_run_id, all_tags) as run_id:
         yield run_id
+
+
+def process_tags() -> dict[str, str]:
+    """Host, pid and the pid's start time of this process (a recycled pid has another start time)."""
+    from difflab.procs import hostname, proc_start_time
+
+    pid = os.getpid()
+    return {HOST_TAG: hostname(), PID_TAG: str(pid), PID_START_TAG: proc_start_time(pid) or ""}
+
+
+def dead_run_reason(run, stale_hours: float | None = None, now_ms: int | None = None) -> str | None:
+    """Why a RUNNING run is dead, or None while its process may still be writing to it.
+
+    On this host: its pid is gone, or runs with another start time (recycled). Another host's
+    runs (and runs without process tags) are left alone, unless `stale_hours` is given and the
+    run started longer ago than that; MLflow keeps no heartbeat, so age is the only evidence."""
+    from difflab.procs import alive, hostname
+
+    tags = run.data.tags
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if host == hostname() and pid and pid.isdigit():
+        if not alive(int(pid), tags.get(PID_START_TAG)):
+            return f"process {pid} on {host} that ran it is gone (killed, crashed or the machine restarted)"
+        return None
+    if stale_hours is not None and run.info.start_time:
+        age_h = ((now_ms or _now_ms()) - run.info.start_time) / 3_600_000
+        if age_h > stale_hours:
+            where = f"on {host}" if host else "with no process recorded"
+            return f"still RUNNING {age_h:.1f} h after it started {where} (older than {stale_hours:g} h)"
+    return None
+
+
+def find_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float | None = None) -> list[dict]:
+    """RUNNING runs whose process is gone: [{run_id, run_name, experiment_id, reason, flow_run_id}]."""
+    client = MlflowClient()
+    if experiments:
+        exps = [e for e in (mlflow.get_experiment_by_name(n) for n in experiments) if e is not None]
+    else:
+        exps = client.search_experiments()
+    if not exps:
+        return []
+    runs = client.search_runs([e.experiment_id for e in exps], "attributes.status = 'RUNNING'", max_results=5000)
+    now = _now_ms()
+    found = []
+    for r in runs:
+        reason = dead_run_reason(r, stale_hours, now)
+        if reason:
+            found.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "experiment_id": r.info.experiment_id,
+                          "reason": reason, "flow_run_id": r.data.tags.get(PREFECT_FLOW_RUN_TAG)})
+    return found
+
+
+def mark_failed(run_id: str, reason: str) -> None:
+    """End a run FAILED with the reason in its difflab.error tag; its artifacts (checkpoints) stay."""
+    client = MlflowClient()
+    client.set_tag(run_id, ERROR_TAG, reason[:_PARAM_MAX])
+    client.set_terminated(run_id, "FAILED")
+
+
+def reap_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float | None = None,
+                   crash_flow_runs: bool = True) -> list[dict]:
+    """Mark dead RUNNING runs FAILED and, where Prefect answers, their flow runs CRASHED."""
+    dead = find_dead_runs(experiments, stale_hours)
+    for d in dead:
+        mark_failed(d["run_id"], d["reason"])
+    flow_runs = {d["flow_run_id"]: d["reason"] for d in dead if d["flow_run_id"]}
+    if crash_flow_runs and flow_runs:
+        crashed = crash_prefect_flow_runs(flow_runs)
+        for d in dead:
+            d["flow_run_crashed"] = d["flow_run_id"] in crashed
+    return dead
+
+
+def crash_prefect_flow_runs(reasons: Mapping[str, str]) -> list[str]:
+    """Set these Prefect flow runs CRASHED (with the reason as message) if they are still RUNNING or
+    PENDING; returns those changed. Does nothing, quietly, when no Prefect API answers."""
+    changed: list[str] = []
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            for flow_run_id, reason in reasons.items():
+                try:
+                    fr = client.read_flow_run(flow_run_id)
+                except Exception:  # noqa: BLE001 - another server's run, or deleted
+                    continue
+                if fr.state is not None and fr.state.type.value in ("RUNNING", "PENDING", "CANCELLING"):
+                    client.set_flow_run_state(flow_run_id, Crashed(message=f"difflab: {reason}"), force=True)
+                    changed.append(flow_run_id)
+    except Exception:  # noqa: BLE001 - Prefect unreachable: the MLflow side is still fixed
+        return changed
+    return changed
+
+
+def _reap_quietly(experiment: str) -> None:
+    """The run doctor at a flow's start: never let housekeeping fail the flow."""
+    try:
+        # Prefect's side only where an API is at hand: in a flow run, or a server named by PREFECT_API_URL
+        # (outside both, Prefect's client would start a temporary server just for this).
+        prefect = bool(_prefect_tags()) or bool(os.environ.get("PREFECT_API_URL"))
+        for d in reap_dead_runs([experiment], crash_flow_runs=prefect):
+            print(f"difflab: marked MLflow run {d['run_id']} ({d['run_name']}) FAILED: {d['reason']}")
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -318,6 +432,30 @@ def latest_model_version(name: str):
     versions = MlflowClient().search_model_versions(f"name = '{name}'", order_by=["version_number DESC"],
                                                     max_results=1)
     return versions[0] if versions else None
+
+
+def model_versions_of_run(name: str, run_id: str) -> list:
+    """Versions of a registered model that a run logged (newest first)."""
+    return MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'",
+                                                order_by=["version_number DESC"])
+
+
+def tag_model_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value)[:_PARAM_MAX])
+
+
+def set_model_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def model_version_by_alias(name: str, alias: str):
+    """The version models:/<name>@<alias> points at, or None (no such model or alias)."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def search_runs(experiments: Sequence[str] | None = None, filter_string: str = "", run_ids: Sequence[str] = ()):

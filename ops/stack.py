@@ -1,23 +1,30 @@
 """The local operations stack: a Prefect server, a process work pool with workers, an MLflow server.
 
-    python -m difflab.stack up [--workers N]   # start everything on loopback, register the deployments
-    python -m difflab.stack status             # what runs, where, and whether it answers
-    python -m difflab.stack serve              # (re)register the deployments of prefect.yaml
-    python -m difflab.stack env                # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI
-    python -m difflab.stack down               # stop everything `up` started, even after a crash
+    python -m ops.stack up [--workers N]   # start everything on loopback, register the deployments
+    python -m ops.stack status             # what runs, where, and whether it answers
+    python -m ops.stack serve              # (re)register the deployments of prefect.yaml
+    python -m ops.stack env                # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI
+    python -m ops.stack down               # stop everything `up` started, even after a crash
 
 Every process is started in its own session (process group) and recorded in
 `<state dir>/state.json` as soon as it exists, with its start time so that a
 recycled pid is never signalled. Every process also carries a unique
 `DIFFLAB_STACK_ID` in its environment, inherited by everything it spawns; `down`
 stops the recorded process groups and then any process still carrying the id
-(Prefect starts each flow run in a session of its own).
+(Prefect starts each flow run in a session of its own). `down` stops the workers
+and flow runs first, then runs the run doctor (ops/runs.py) while the servers still
+answer, then stops the servers; `up` runs the doctor too.
+
+The stack serves one project folder: --project-dir, $DIFFLAB_PROJECT_DIR, else the
+nearest folder from the current one upwards with a prefect.yaml (never the folder the
+package happens to be installed from).
 
 This module talks to Prefect and MLflow only through their command lines and
-HTTP APIs, never by importing them.
+HTTP APIs, never by importing them (the run doctor, imported when it runs, uses MLflow's client).
 
 Settings: flags, else environment variables, else defaults:
-    DIFFLAB_STACK_DIR                       .stack (under the repository root)
+    DIFFLAB_PROJECT_DIR                     the nearest folder upwards with a prefect.yaml
+    DIFFLAB_STACK_DIR                       .stack (under the project folder)
     DIFFLAB_STACK_HOST                      127.0.0.1 (bind address; 0.0.0.0 to serve other machines)
     DIFFLAB_ADVERTISE_HOST                  the bind address (the name other machines use for this one)
     DIFFLAB_PREFECT_PORT                    4200
@@ -27,8 +34,9 @@ Settings: flags, else environment variables, else defaults:
     DIFFLAB_MLFLOW_BACKEND_STORE_URI        sqlite:///<state dir>/mlflow.db  (or postgresql://user:pw@host:5432/mlflow)
     DIFFLAB_MLFLOW_ARTIFACTS_DESTINATION    <state dir>/mlartifacts     (or s3://bucket/prefix; MLFLOW_S3_ENDPOINT_URL for MinIO)
     DIFFLAB_MLFLOW_SERVER_WORKERS           1 (uvicorn processes of the MLflow server; more for a team)
-    DIFFLAB_PREFECT_API_URL                 set with --workers-only: the remote Prefect server's API
-    DIFFLAB_TRACKING_URI                    set with --workers-only: the remote MLflow server
+    DIFFLAB_PREFECT_DATABASE_URL            SQLite under the state dir (or postgresql://user:pw@host:5432/prefect)
+    DIFFLAB_PREFECT_API_URL                 with --workers-only: the remote Prefect server's API (else PREFECT_API_URL)
+    DIFFLAB_TRACKING_URI                    with --workers-only: the remote MLflow server (else MLFLOW_TRACKING_URI)
 """
 
 from __future__ import annotations
@@ -50,23 +58,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-ROOT = Path(__file__).resolve().parents[2]
-"""The repository checkout: prefect.yaml and flows/ live here, and flow runs run here."""
+from difflab import ENV_DEFAULTS
+from difflab.procs import alive, proc_start_time
 
-QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "GIT_PYTHON_REFRESH": "quiet",
-    "PYTHONUNBUFFERED": "1",
-}
+PROJECT_MARKER = "prefect.yaml"
+"""A project folder is the nearest folder, from where the command runs upwards, that holds this file."""
+
+
+def find_project_dir(explicit: str | Path | None = None, start: Path | None = None) -> Path:
+    """The project the stack serves: --project-dir / $DIFFLAB_PROJECT_DIR, else the nearest folder
+    from the current one upwards with a prefect.yaml. Never where the package is installed: a venv
+    shared by two checkouts, or a non-editable install, must not decide whose code runs."""
+    chosen = explicit or os.environ.get("DIFFLAB_PROJECT_DIR")
+    if chosen:
+        path = Path(chosen).expanduser().resolve()
+        if not (path / PROJECT_MARKER).is_file():
+            raise StackError(f"project dir {path} has no {PROJECT_MARKER}; give the folder of a difflab checkout")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_MARKER).is_file():
+            return folder
+    raise StackError(f"no {PROJECT_MARKER} in {here} or above; run from a difflab checkout or pass --project-dir")
+
+QUIET_ENV = {**ENV_DEFAULTS, "PYTHONUNBUFFERED": "1"}
+"""What every process the stack starts gets: difflab's own switches, and logs that arrive as they happen."""
 
 STATE_FILE = "state.json"
-ENV_FILE = "env"
+SERVER_NAMES = ("prefect", "mlflow")
+"""Services stopped last, so that the run doctor can still reach them."""
 
 
 class StackError(RuntimeError):
     pass
+
+ENV_FILE = "env"
+
+
 
 
 # --------------------------------------------------------------------------- settings
@@ -75,6 +103,8 @@ class StackError(RuntimeError):
 @dataclass
 class Settings:
     state_dir: Path
+    project_dir: Path = Path(".")
+    """The checkout whose prefect.yaml is deployed and whose code the workers run."""
     host: str = "127.0.0.1"
     advertise_host: str = ""
     """The name other machines and browsers use for this one (default: the bind address, loopback for 0.0.0.0)."""
@@ -95,6 +125,8 @@ class Settings:
     """Most flow runs one worker runs at once (0: no limit). A sweep's own run holds a slot while it waits."""
     mlflow_server_workers: int = 1
     prefect_scheduler: bool = True
+    prefect_database_url: str = ""
+    """Prefect server's own database: empty for SQLite under the state dir, or postgresql+asyncpg://..."""
 
     def resolved(self) -> "Settings":
         # The server's own store, not the ./mlflow.db of runs made without a server: an experiment the
@@ -123,34 +155,15 @@ def _env(name: str, default: Any) -> Any:
     return type(default)(value) if default is not None and not isinstance(default, str) else value
 
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("DIFFLAB_STACK_DIR") or ROOT / ".stack").resolve()
+def default_state_dir(project_dir: Path) -> Path:
+    return Path(os.environ.get("DIFFLAB_STACK_DIR") or project_dir / ".stack").resolve()
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of pid (clock ticks since boot), or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":
-        return None
-    return fields[19]
-
-
-def _alive(pid: int, start_time: str | None = None) -> bool:
-    if Path("/proc").is_dir():
-        now = _proc_start_time(pid)
-        return now is not None and (start_time is None or now == start_time)
-    try:  # no procfs (macOS): signal 0 is the best we have
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+_proc_start_time = proc_start_time
+_alive = alive
 
 
 def _pids_with_env(token: str) -> list[int]:
@@ -258,32 +271,55 @@ class Stack:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 15.0, out: Callable[[str], None] = print) -> int:
-        """SIGTERM every recorded process group (newest first) and every process carrying the stack id;
+    def stop(self, timeout: float = 15.0, out: Callable[[str], None] = print,
+             between: Callable[[], None] | None = None) -> int:
+        """Stop the workers and every other process carrying the stack id (flow runs) first, then call
+        `between` (the run doctor, while the servers still answer), then the servers. SIGTERM, and
         SIGKILL what is left after `timeout`. Returns how many processes were signalled."""
         token = self.state.get("id")
-        groups = [s for s in reversed(self.services) if _alive(s["pid"], s.get("start_time"))]
-        for s in groups:
-            out(f"stopping {s['name']} (pid {s['pid']})")
-            _signal_group(s["pgid"], signal.SIGTERM)
-        stragglers = _pids_with_env(token) if token else []
-        for pid in stragglers:
-            _signal_pid(pid, signal.SIGTERM)
+        live = [s for s in reversed(self.services) if _alive(s["pid"], s.get("start_time"))]
+        servers = [s for s in live if s["name"] in SERVER_NAMES]
+        server_groups = {s["pgid"] for s in servers}
 
-        def remaining() -> list[int]:
-            left = [s["pid"] for s in groups if _alive(s["pid"], s.get("start_time"))]
-            return left + (_pids_with_env(token) if token else [])
+        def _pgid(pid: int) -> int | None:
+            try:
+                return os.getpgid(pid)
+            except OSError:
+                return None
 
-        if not _wait_until(lambda: not remaining(), timeout):
+        def carrying_id(include_servers: bool) -> list[int]:
+            pids = _pids_with_env(token) if token else []
+            return pids if include_servers else [p for p in pids if _pgid(p) not in server_groups]
+
+        signalled = 0
+        for phase, groups in (("workers", [s for s in live if s not in servers]), ("servers", servers)):
+            include_servers = phase == "servers"
             for s in groups:
-                _signal_group(s["pgid"], signal.SIGKILL)
-            for pid in remaining():
-                _signal_pid(pid, signal.SIGKILL)
-            _wait_until(lambda: not remaining(), 5.0)
-        left = remaining()
-        if left:
-            out(f"warning: still running after SIGKILL: {left}")
-        signalled = len(groups) + len(stragglers)
+                out(f"stopping {s['name']} (pid {s['pid']})")
+                _signal_group(s["pgid"], signal.SIGTERM)
+            stragglers = carrying_id(include_servers)
+            for pid in stragglers:
+                _signal_pid(pid, signal.SIGTERM)
+            signalled += len(groups) + len(stragglers)
+
+            def remaining() -> list[int]:
+                left = [s["pid"] for s in groups if _alive(s["pid"], s.get("start_time"))]
+                return left + carrying_id(include_servers)
+
+            if not _wait_until(lambda: not remaining(), timeout):
+                for s in groups:
+                    _signal_group(s["pgid"], signal.SIGKILL)
+                for pid in remaining():
+                    _signal_pid(pid, signal.SIGKILL)
+                _wait_until(lambda: not remaining(), 5.0)
+            left = remaining()
+            if left:
+                out(f"warning: still running after SIGKILL: {left}")
+            if phase == "workers" and between is not None:
+                try:
+                    between()
+                except Exception as exc:  # noqa: BLE001 - housekeeping must not keep the stack up
+                    out(f"warning: the run doctor failed: {exc}")
         self.state = {}
         with _suppress(OSError):
             self.path.unlink()
@@ -350,13 +386,22 @@ def _wait_healthy(stack: Stack, name: str, proc: subprocess.Popen, check: Callab
                          f"last lines of {stack.logs / (name + '.log')}:\n{stack.log_tail(name)}")
 
 
-def worker_names(api_url: str, pool: str) -> list[str]:
-    """Workers that have sent a heartbeat to the pool."""
+def pool_workers(api_url: str, pool: str) -> dict[str, list[str]]:
+    """The pool's workers by Prefect's status: {"online": [...], "offline": [...]}; the server marks a
+    worker OFFLINE when its heartbeats stop, but keeps listing it."""
     try:
         workers = http_json("POST", f"{api_url.rstrip('/')}/work_pools/{pool}/workers/filter", {})
     except (OSError, urllib.error.URLError, ValueError):
-        return []
-    return [w["name"] for w in workers or []]
+        workers = []
+    found: dict[str, list[str]] = {"online": [], "offline": []}
+    for w in workers or []:
+        found["online" if str(w.get("status", "")).upper() == "ONLINE" else "offline"].append(w["name"])
+    return found
+
+
+def worker_names(api_url: str, pool: str) -> list[str]:
+    """Workers of the pool that are online now."""
+    return pool_workers(api_url, pool)["online"]
 
 
 # --------------------------------------------------------------------------- commands
@@ -377,7 +422,11 @@ def base_env(stack_id: str, s: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(QUIET_ENV)
     env["DIFFLAB_STACK_ID"] = stack_id
-    env["DIFFLAB_ROOT"] = str(ROOT)
+    env["DIFFLAB_ROOT"] = str(s.project_dir)
+    # The project's own flows/, tasks/, ops/ and src/ come first, whatever checkout the venv was installed from.
+    paths = [str(s.project_dir / "src"), str(s.project_dir)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                 if p and p not in paths])
     env["PREFECT_API_URL"] = s.prefect_api_url
     env["MLFLOW_TRACKING_URI"] = s.tracking_uri
     return env
@@ -406,9 +455,9 @@ def worker_cmd(s: Settings, name: str) -> list[str]:
     return cmd
 
 
-def _run_cli(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def _run_cli(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(cmd, env=env, cwd=str(cwd or Path.cwd()), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise StackError(f"timed out after {timeout:.0f}s: {shlex.join(cmd)}") from exc
@@ -435,14 +484,20 @@ def deployments_in(prefect_file: Path) -> list[dict[str, Any]]:
 
 def deploy(s: Settings, env: dict[str, str], names: Iterable[str] = (), prefect_file: Path | None = None,
            timeout: float = 300.0, out: Callable[[str], None] = print) -> list[str]:
-    """Register deployments of prefect.yaml whose entrypoint file exists; returns their `flow/name`s."""
-    prefect_file = Path(prefect_file or ROOT / "prefect.yaml")
+    """Register deployments of prefect.yaml whose entrypoint file exists; returns their `flow/name`s.
+    Deployments of another work pool (the docker variant) only when named."""
+    prefect_file = Path(prefect_file or s.project_dir / PROJECT_MARKER)
     wanted = set(names)
     chosen, skipped = [], []
     for d in deployments_in(prefect_file):
         path, _, func = str(d.get("entrypoint", "")).partition(":")
         label = f"{func}/{d.get('name')}"
         if wanted and d.get("name") not in wanted and label not in wanted:
+            continue
+        pool = (d.get("work_pool") or {}).get("name", s.pool)
+        if not wanted and pool != s.pool:
+            out(f"skipping {label}: its work pool {pool!r} is not {s.pool!r} (register it by name: "
+                f"difflab stack serve --name {label})")
             continue
         (chosen if (prefect_file.parent / path).is_file() else skipped).append((label, d.get("name"), path))
     for label, _, path in skipped:
@@ -468,7 +523,7 @@ def write_env_file(stack: Stack, s: Settings) -> Path:
         "# source this file to talk to the running stack\n"
         f"export PREFECT_API_URL={shlex.quote(s.prefect_api_url)}\n"
         f"export MLFLOW_TRACKING_URI={shlex.quote(s.tracking_uri)}\n"
-        f"export DIFFLAB_ROOT={shlex.quote(str(ROOT))}\n"
+        f"export DIFFLAB_ROOT={shlex.quote(str(s.project_dir))}\n"
     )
     return path
 
@@ -488,10 +543,13 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
                 raise StackError(f"port {port} for {name} on {s.host} is already in use; pick another with "
                                  f"--{name}-port or DIFFLAB_{name.upper()}_PORT")
     stack_id = uuid.uuid4().hex
-    stack.state = {"id": stack_id, "root": str(ROOT), "pool": s.pool, "prefect_api_url": s.prefect_api_url,
+    stack.state = {"id": stack_id, "root": str(s.project_dir), "pool": s.pool, "prefect_api_url": s.prefect_api_url,
                    "tracking_uri": s.tracking_uri, "workers_only": s.workers_only,
                    "backend_store_uri": "" if s.workers_only else _redact(s.backend_store_uri),
                    "artifacts_destination": "" if s.workers_only else s.artifacts_destination,
+                   "prefect_database": "" if s.workers_only else
+                   _redact(prefect_database_url(s.prefect_database_url)) if s.prefect_database_url else
+                   f"sqlite (under {os.environ.get('PREFECT_HOME') or stack.dir / 'prefect'})",
                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "services": []}
     stack.save()
     env = base_env(stack_id, s)
@@ -501,12 +559,14 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
             penv["PREFECT_HOME"] = os.environ.get("PREFECT_HOME") or str(stack.dir / "prefect")
             penv["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "true" if s.prefect_scheduler else "false"
             penv["PREFECT_UI_API_URL"] = s.prefect_api_url
-            prefect_proc = stack.start("prefect", prefect_server_cmd(s), penv, ROOT)
+            if s.prefect_database_url:
+                penv["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database_url(s.prefect_database_url)
+            prefect_proc = stack.start("prefect", prefect_server_cmd(s), penv, s.project_dir)
             menv = dict(env)
             menv.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: not used here
             if s.artifacts_destination and "://" not in s.artifacts_destination:
                 Path(s.artifacts_destination).mkdir(parents=True, exist_ok=True)
-            mlflow_proc = stack.start("mlflow", mlflow_server_cmd(s), menv, ROOT)
+            mlflow_proc = stack.start("mlflow", mlflow_server_cmd(s), menv, s.project_dir)
             out(f"waiting for the Prefect server on {s.prefect_api_url} and MLflow on {s.tracking_uri} ...")
             _wait_healthy(stack, "prefect", prefect_proc, lambda: prefect_healthy(s.prefect_api_url),
                           s.startup_timeout)
@@ -514,12 +574,13 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
         elif not prefect_healthy(s.prefect_api_url):
             raise StackError(f"no Prefect server answers at {s.prefect_api_url}")
         ensure_work_pool(s, env)
+        run_doctor(s.tracking_uri, s.prefect_api_url, out)
         wenv = dict(env)
         wenv["PREFECT_WORKER_QUERY_SECONDS"] = str(s.worker_poll_seconds)
         wenv["PREFECT_WORKER_HEARTBEAT_SECONDS"] = str(max(5.0, s.worker_poll_seconds))
         host = socket.gethostname().split(".")[0]
         names = [f"{host}-{stack_id[:6]}-w{i}" for i in range(1, s.workers + 1)]
-        procs = [(n, stack.start(f"worker-{i}", worker_cmd(s, n), wenv, ROOT)) for i, n in enumerate(names, 1)]
+        procs = [(n, stack.start(f"worker-{i}", worker_cmd(s, n), wenv, s.project_dir)) for i, n in enumerate(names, 1)]
         out(f"waiting for {len(names)} worker(s) to poll work pool {s.pool!r} ...")
         deadline = time.monotonic() + s.startup_timeout
         while set(names) - set(worker_names(s.prefect_api_url, s.pool)):
@@ -539,6 +600,24 @@ def up(s: Settings, out: Callable[[str], None] = print) -> Stack:
     write_env_file(stack, s)
     out(describe(stack))
     return stack
+
+
+def prefect_database_url(url: str) -> str:
+    """Prefect's server needs an async driver: postgresql://... becomes postgresql+asyncpg://..."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain):]
+    return url
+
+
+def run_doctor(tracking_uri: str, prefect_api_url: str, out: Callable[[str], None] = print) -> None:
+    """End the runs whose process died (ops/runs.py), e.g. those a `down` or a reboot killed."""
+    from ops.runs import doctor
+
+    try:
+        doctor(tracking_uri, prefect_api_url, out=lambda line: out(f"run doctor: {line}"))
+    except Exception as exc:  # noqa: BLE001 - never let housekeeping stop the stack from starting or stopping
+        out(f"run doctor: skipped ({type(exc).__name__}: {exc})")
 
 
 def _redact(uri: str) -> str:
@@ -564,6 +643,9 @@ def describe(stack: Stack) -> str:
                   f"MLflow store    {st.get('backend_store_uri')}  artifacts: {st.get('artifacts_destination')}"]
     else:
         lines += [f"Prefect API     {st['prefect_api_url']} (remote)", f"MLflow          {st['tracking_uri']} (remote)"]
+    lines.append(f"project dir     {st.get('root', '?')}  (prefect.yaml and the code the workers run)")
+    if st.get("prefect_database"):
+        lines.append(f"Prefect store   {st['prefect_database']}")
     lines.append(f"work pool       {st['pool']}")
     for svc in st.get("services", []):
         state = "running" if _alive(svc["pid"], svc.get("start_time")) else "STOPPED"
@@ -585,7 +667,10 @@ def status(stack: Stack, out: Callable[[str], None] = print) -> int:
     out(f"Prefect API     {'healthy' if p_ok else 'NOT ANSWERING'}")
     out(f"MLflow server   {'healthy' if m_ok else 'NOT ANSWERING'}")
     if p_ok:
-        out(f"workers seen    {', '.join(worker_names(st['prefect_api_url'], st['pool'])) or 'none'}")
+        workers = pool_workers(st["prefect_api_url"], st["pool"])
+        out(f"workers online  {', '.join(workers['online']) or 'none'}")
+        if workers["offline"]:
+            out(f"workers offline {', '.join(workers['offline'])} (stopped or unreachable; Prefect keeps listing them)")
     return 0 if ok and p_ok and m_ok else 1
 
 
@@ -595,8 +680,12 @@ def status(stack: Stack, out: Callable[[str], None] = print) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab stack", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--project-dir", type=Path, default=None,
+                   help="the checkout to serve: its prefect.yaml is deployed and its code runs (default: "
+                        "$DIFFLAB_PROJECT_DIR, else the nearest folder from here upwards with a prefect.yaml)")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help="where pids, logs and the Prefect server's database live (default: $DIFFLAB_STACK_DIR or .stack)")
+                   help="where pids, logs and the Prefect server's database live "
+                        "(default: $DIFFLAB_STACK_DIR or <project dir>/.stack)")
     sub = p.add_subparsers(dest="command", required=True)
 
     u = sub.add_parser("up", help="start the Prefect server, workers and the MLflow server; register deployments")
@@ -616,8 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not let the Prefect server create scheduled runs")
     u.add_argument("--workers-only", action="store_true",
                    help="start only workers, for the servers named by --prefect-api-url and --tracking-uri")
-    u.add_argument("--prefect-api-url", default=_env("DIFFLAB_PREFECT_API_URL", ""))
-    u.add_argument("--tracking-uri", default=_env("DIFFLAB_TRACKING_URI", ""))
+    u.add_argument("--prefect-database-url", default=_env("DIFFLAB_PREFECT_DATABASE_URL", ""),
+                   help="the Prefect server's own database (default SQLite under the state dir; "
+                        "postgresql://user:pw@host:5432/prefect, driven by asyncpg)")
+    u.add_argument("--prefect-api-url", default=_env("DIFFLAB_PREFECT_API_URL", "") or _env("PREFECT_API_URL", ""),
+                   help="with --workers-only (default $DIFFLAB_PREFECT_API_URL, else $PREFECT_API_URL)")
+    u.add_argument("--tracking-uri", default=_env("DIFFLAB_TRACKING_URI", "") or _env("MLFLOW_TRACKING_URI", ""),
+                   help="with --workers-only (default $DIFFLAB_TRACKING_URI, else $MLFLOW_TRACKING_URI)")
     u.add_argument("--worker-limit", type=int, default=_env("DIFFLAB_WORKER_LIMIT", 0),
                    help="most flow runs each worker runs at once (default 0: no limit)")
     u.add_argument("--worker-poll-seconds", type=float, default=_env("DIFFLAB_WORKER_POLL_SECONDS", 5.0))
@@ -630,19 +724,28 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="register (or update) the deployments of prefect.yaml with the running server")
     sv.add_argument("--name", action="append", default=[], help="only this deployment (name or flow/name); repeatable")
     sv.add_argument("--prefect-file", type=Path, default=None)
+    sv.add_argument("--prefect-api-url", default="",
+                    help="a Prefect server this stack did not start (e.g. compose.yaml's); default: the stack's")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    state_dir = (args.state_dir or default_state_dir()).resolve()
+    try:
+        project_dir = find_project_dir(args.project_dir)
+    except StackError as exc:
+        if args.command == "up" or args.state_dir is None and not os.environ.get("DIFFLAB_STACK_DIR"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        project_dir = Path.cwd()  # status/down/env of an explicit state dir need no project
+    state_dir = (args.state_dir or default_state_dir(project_dir)).resolve()
     stack = Stack(state_dir)
     try:
         if args.command == "up":
             if args.workers_only and not (args.prefect_api_url and args.tracking_uri):
                 raise StackError("--workers-only needs --prefect-api-url and --tracking-uri "
-                                 "(or DIFFLAB_PREFECT_API_URL and DIFFLAB_TRACKING_URI)")
-            s = Settings(state_dir=state_dir, host=args.host, advertise_host=args.advertise_host,
+                                 "(or PREFECT_API_URL and MLFLOW_TRACKING_URI, as `source .stack/env` sets them)")
+            s = Settings(state_dir=state_dir, project_dir=project_dir, host=args.host, advertise_host=args.advertise_host,
                          prefect_port=args.prefect_port,
                          mlflow_port=args.mlflow_port, workers=args.workers,
                          backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination,
@@ -651,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
                          tracking_uri=args.tracking_uri if args.workers_only else "",
                          deploy=args.deploy, startup_timeout=args.timeout,
                          worker_poll_seconds=args.worker_poll_seconds, worker_limit=args.worker_limit,
-                         prefect_scheduler=args.scheduler,
+                         prefect_scheduler=args.scheduler, prefect_database_url=args.prefect_database_url,
                          mlflow_server_workers=_env("DIFFLAB_MLFLOW_SERVER_WORKERS", 1))
             up(s)
             return 0
@@ -659,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
             if not stack.state:
                 print(f"no stack recorded in {state_dir}")
                 return 0
-            stack.stop()
+            st = dict(stack.state)
+            stack.stop(between=lambda: run_doctor(st["tracking_uri"], st["prefect_api_url"]))
             print("stack stopped")
             return 0
         if args.command == "status":
@@ -671,12 +775,22 @@ def main(argv: list[str] | None = None) -> int:
             print((state_dir / ENV_FILE).read_text(), end="")
             return 0
         if args.command == "serve":
-            if not stack.state or not prefect_healthy(stack.state["prefect_api_url"]):
-                raise StackError("no running stack answers; start it with `difflab stack up`")
-            s = Settings(state_dir=state_dir, pool=stack.state["pool"],
-                         prefect_api_url=stack.state["prefect_api_url"],
-                         tracking_uri=stack.state["tracking_uri"]).resolved()
-            env = base_env(stack.state["id"], s)
+            if args.prefect_api_url:  # a server this stack did not start (compose's, a team's)
+                s = Settings(state_dir=state_dir, project_dir=project_dir, prefect_api_url=args.prefect_api_url,
+                             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "unused")).resolved()
+                stack_id = "serve-" + uuid.uuid4().hex
+            else:
+                if not stack.state:
+                    raise StackError("no stack recorded; start one with `difflab stack up`, or name a server "
+                                     "with --prefect-api-url")
+                s = Settings(state_dir=state_dir, project_dir=Path(stack.state.get("root") or project_dir),
+                             pool=stack.state["pool"], prefect_api_url=stack.state["prefect_api_url"],
+                             tracking_uri=stack.state["tracking_uri"]).resolved()
+                stack_id = stack.state["id"]
+            if not prefect_healthy(s.prefect_api_url):
+                raise StackError(f"no Prefect server answers at {s.prefect_api_url}; start it with `difflab stack up`")
+            env = base_env(stack_id, s)
+            ensure_work_pool(s, env)
             deploy(s, env, names=args.name, prefect_file=args.prefect_file)
             return 0
     except StackError as exc:

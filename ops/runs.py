@@ -1,0 +1,164 @@
+"""Run housekeeping: the run doctor, and setting the champion model by hand.
+
+    difflab runs doctor [--experiment NAME] [--stale-hours H] [--dry-run]
+    difflab runs promote [--model difflab-class-ddpm] (--version N | --run-id RUN) [--alias champion]
+
+Runs whose process died stay RUNNING forever unless something ends them.
+
+A RUNNING MLflow run carries the host, pid and pid start time of the process that opened
+it (tags difflab.host, difflab.pid, difflab.pid_start, set by difflab.tracking.run). On
+that host, a run whose pid is gone, or now belongs to another process, is dead: it is
+marked FAILED with the reason in its `difflab.error` tag, and the Prefect flow run it
+names (tag prefect.flow_run_id) is set CRASHED where a Prefect API answers. Flow runs a
+process worker started on this host (Prefect's infrastructure_pid "host:pid") whose
+process is gone are set CRASHED too, with their subflow runs. Runs of other hosts are
+left alone unless --stale-hours is given and they started longer ago than that (MLflow
+keeps no heartbeat, so a run's age is the only evidence from another machine).
+
+The same check runs, MLflow side only plus the linked flow runs, whenever a flow opens
+a new top-level run, and in `difflab stack up` / `difflab stack down` (after the workers
+and their flow runs are stopped, before the servers are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.error
+from typing import Callable
+
+from difflab.procs import alive, hostname
+
+ACTIVE_STATES = ["RUNNING", "PENDING", "CANCELLING"]
+
+
+def _prefect_answers(api: str) -> bool:
+    from ops.stack import prefect_healthy
+
+    return bool(api) and prefect_healthy(api)
+
+
+def crash_flow_run(api: str, flow_run_id: str, reason: str) -> bool:
+    """Set one flow run CRASHED over Prefect's REST API if it is still active; True when changed."""
+    from ops.stack import http_json
+
+    base = api.rstrip("/")
+    try:
+        fr = http_json("GET", f"{base}/flow_runs/{flow_run_id}")
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    if not fr or fr.get("state_type") not in ACTIVE_STATES:
+        return False
+    http_json("POST", f"{base}/flow_runs/{flow_run_id}/set_state",
+              {"state": {"type": "CRASHED", "name": "Crashed", "message": f"difflab: {reason}"}, "force": True})
+    return True
+
+
+def dead_worker_flow_runs(api: str) -> dict[str, str]:
+    """Active flow runs a process worker on this host started whose process is gone: {id: reason}."""
+    from ops.stack import http_json
+
+    base = api.rstrip("/")
+    runs = http_json("POST", f"{base}/flow_runs/filter",
+                     {"flow_runs": {"state": {"type": {"any_": ACTIVE_STATES}}}, "limit": 200}) or []
+    me = hostname()
+    dead = {}
+    for fr in runs:
+        host, _, pid = str(fr.get("infrastructure_pid") or "").rpartition(":")
+        if host == me and pid.isdigit() and not alive(int(pid)):
+            dead[fr["id"]] = f"flow run process {pid} on {host} is gone"
+    for parent, reason in list(dead.items()):  # in-process subflows die with their parent
+        children = http_json("POST", f"{base}/flow_runs/filter", {"flow_runs": {
+            "parent_flow_run_id": {"any_": [parent]}, "state": {"type": {"any_": ACTIVE_STATES}}}}) or []
+        for child in children:
+            dead.setdefault(child["id"], f"its parent flow run died: {reason}")
+    return dead
+
+
+def doctor(tracking_uri: str | None = None, prefect_api_url: str | None = None, experiments: list[str] | None = None,
+           stale_hours: float | None = None, dry_run: bool = False,
+           out: Callable[[str], None] = print) -> dict[str, list]:
+    """Find (and unless dry_run, end) dead runs; returns {"mlflow": [...], "prefect": [...]}."""
+    from difflab import tracking
+    from difflab.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None)
+    api = prefect_api_url if prefect_api_url is not None else os.environ.get("PREFECT_API_URL", "")
+    if dry_run:
+        runs = tracking.find_dead_runs(experiments, stale_hours)
+    else:
+        runs = tracking.reap_dead_runs(experiments, stale_hours, crash_flow_runs=False)
+    verb = "would mark" if dry_run else "marked"
+    for r in runs:
+        out(f"MLflow run {r['run_id']} ({r['run_name']}): {verb} FAILED: {r['reason']}")
+    crashed: list[str] = []
+    if _prefect_answers(api):
+        reasons = {r["flow_run_id"]: r["reason"] for r in runs if r.get("flow_run_id")}
+        reasons.update(dead_worker_flow_runs(api))
+        for flow_run_id, reason in reasons.items():
+            if dry_run:
+                out(f"Prefect flow run {flow_run_id}: would set CRASHED: {reason}")
+                crashed.append(flow_run_id)
+            elif crash_flow_run(api, flow_run_id, reason):
+                out(f"Prefect flow run {flow_run_id}: set CRASHED: {reason}")
+                crashed.append(flow_run_id)
+    elif api:
+        out(f"Prefect API {api} does not answer: flow runs left as they are")
+    else:
+        out("no PREFECT_API_URL: flow runs left as they are (set it, or `source .stack/env`, to fix them too)")
+    if not runs and not crashed:
+        out("no dead runs found")
+    return {"mlflow": runs, "prefect": crashed}
+
+
+def promote(model: str, version: str | None, run_id: str | None, alias: str, tracking_uri: str | None = None,
+            out: Callable[[str], None] = print) -> str:
+    """Point models:/<model>@<alias> at a version (or at the version a run logged); returns the version."""
+    from difflab import tracking
+    from difflab.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None)
+    if run_id:
+        found = tracking.model_versions_of_run(model, run_id)
+        if not found:
+            raise ValueError(f"run {run_id} logged no version of registered model {model!r}; "
+                             "give the class_ddpm stage run's id, or --version")
+        version = found[0].version
+    tracking.set_model_alias(model, alias, str(version))
+    out(f"models:/{model}@{alias} -> version {version}")
+    return str(version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="difflab runs", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("doctor", help="mark runs whose process is gone FAILED (MLflow) and CRASHED (Prefect)")
+    d.add_argument("--experiment", action="append", default=None, help="only this experiment (repeatable)")
+    d.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    d.add_argument("--prefect-api-url", default=None, help="default $PREFECT_API_URL")
+    d.add_argument("--stale-hours", type=float, default=None,
+                   help="also end runs of other hosts (or without process tags) older than this")
+    d.add_argument("--dry-run", action="store_true", help="only list what would change")
+    pr = sub.add_parser("promote", help="point the champion alias at a registered model version by hand")
+    pr.add_argument("--model", default="difflab-class-ddpm")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version")
+    which.add_argument("--run-id", help="the stage run that logged the version")
+    pr.add_argument("--alias", default="champion")
+    pr.add_argument("--tracking-uri", default=None)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "promote":
+        try:
+            promote(args.model, args.version, args.run_id, args.alias, args.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - one line with the fix, as everywhere
+            print(f"difflab: error: {str(exc).splitlines()[0]} (registered models come from `difflab part-b` runs; "
+                  "see them in the MLflow UI under Models)", file=sys.stderr)
+            return 2
+        return 0
+    doctor(args.tracking_uri, args.prefect_api_url, args.experiment, args.stale_hours, args.dry_run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

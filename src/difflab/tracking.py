@@ -36,7 +36,8 @@ _PARAM_MAX = 6000
 def quiet_environment() -> None:
     """Turn off telemetry that otherwise prints tracebacks and locks sqlite."""
     for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DO_NOT_TRACK": "1", "GIT_PYTHON_REFRESH": "quiet"}.items():
+                       "DO_NOT_TRACK": "1", "GIT_PYTHON_REFRESH": "quiet",
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
         os.environ.setdefault(key, value)
 
 
@@ -273,3 +274,110 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The write-up page (`difflab report`): a run tree's facts, numbers and images as plain data for
+# difflab.report_page, which never talks to MLflow itself.
+
+REPORT_FLOWS = ("pipeline", "part_b", "part_a")
+REPORT_ARTIFACT = "report/report.html"
+_STEP_SEPARATORS = ("+step+", "%step%")
+"""MLflow 3 names a stepped image images/<key>+step+<n>+timestamp+<ms>+<uuid>.png (older: % for +)."""
+
+
+def newest_run(experiment: str, flow: str = "pipeline") -> str | None:
+    """The newest finished run of a flow (tags.flow) in the experiment, if any."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs([exp.experiment_id],
+                                      f"tags.flow = '{flow}' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def report_data(run_id: str):
+    """A pipeline, part_b or part_a run and every stage under it, with images, as `report_page.RunData`."""
+    from difflab.report_page import RunData
+
+    try:
+        top = get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"run {run_id} not found in {mlflow.get_tracking_uri()}; give a run id from "
+                         "`difflab pipeline`'s output or the MLflow UI (or set MLFLOW_TRACKING_URI)") from None
+    flow = top.data.tags.get("flow", "")
+    if flow not in REPORT_FLOWS:
+        raise ValueError(f"run {run_id} is a {flow or 'stage'} run; give a pipeline, part_b or part_a run "
+                         "(the write-up covers a whole flow run)")
+    stages: dict = {}
+    parts = [top] if flow != "pipeline" else [r for r in child_runs(run_id) if r.data.tags.get("flow") in REPORT_FLOWS]
+    for part in parts:
+        stages[part.data.tags["flow"]] = _stage_data(part, with_images=False)
+        for child in child_runs(part.info.run_id):
+            st = _stage_data(child)
+            stages[st.name] = st
+    return RunData(run_id=run_id, name=top.info.run_name, url=run_url(run_id), flow=flow, status=top.info.status,
+                   start_ms=top.info.start_time, seconds=_seconds(top.info), tracking_uri=mlflow.get_tracking_uri(),
+                   params=dict(top.data.params), metrics=dict(top.data.metrics), tags=_user_tags(top), stages=stages)
+
+
+def _stage_data(run, with_images: bool = True):
+    """One run as StageData; a `<stage> (reused)` run shows the original run's images and metrics."""
+    from difflab.report_page import StageData
+
+    tags = run.data.tags
+    name = tags.get(STAGE_TAG) or tags.get("flow") or run.info.run_name.removesuffix(" (reused)")
+    source_id = tags.get(REUSED_TAG)
+    source = get_run(source_id) if source_id else run
+    return StageData(name=name, run_id=run.info.run_id, url=run_url(run.info.run_id), status=run.info.status,
+                     seconds=_seconds(run.info), reused_from=source_id,
+                     reused_from_url=run_url(source_id) if source_id else "",
+                     original_seconds=_seconds(source.info) if source_id else None,
+                     params={**source.data.params, **run.data.params},
+                     metrics={**source.data.metrics, **run.data.metrics}, tags=_user_tags(run),
+                     images=_images(source.info.run_id) if with_images else [])
+
+
+def _images(run_id: str) -> list:
+    """Every image under images/ of a run (stepped ones with their step; MLflow's compressed copies skipped)."""
+    from difflab.report_page import MIME, PageImage
+
+    files = [p for p in artifact_paths(run_id, "images")
+             if Path(p).suffix.lower() in MIME and "+compressed" not in p and "%compressed" not in p]
+    if not files:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory(prefix="difflab-report-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images", dst_path=tmp))
+        for path in files:
+            stem, step = Path(path).stem, None
+            for sep in _STEP_SEPARATORS:
+                if sep in stem:
+                    key, rest = stem.split(sep, 1)
+                    stem, step = key.replace("~", "/"), int(rest.split(sep[0], 1)[0])
+                    break
+            raw = (local / Path(path).relative_to("images")).read_bytes()
+            out.append(PageImage.from_bytes(stem, path, raw, step))
+    return out
+
+
+def _seconds(info) -> float | None:
+    if not info.start_time:
+        return None
+    return ((info.end_time or _now_ms()) - info.start_time) / 1000
+
+
+def _user_tags(run) -> dict[str, str]:
+    return {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+
+
+def log_report_page(run_id: str, page: str | Path) -> None:
+    """The page as report/report.html of the run, whatever the local file is called."""
+    import shutil
+
+    folder, name = REPORT_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="difflab-report-") as tmp:
+        staged = Path(tmp) / name
+        shutil.copyfile(page, staged)
+        MlflowClient().log_artifact(run_id, str(staged), folder)

@@ -86,7 +86,39 @@ def parser() -> argparse.ArgumentParser:
     for name, (_, _, help_text) in FLOWS.items():
         _add_common(sub.add_parser(name, help=help_text))
     sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack (difflab stack --help)")
+    sub.add_parser("report", help="write a run's write-up page, or two runs side by side (difflab report --help)")
     return p
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="difflab report", description="Write the write-up page (one self-contained "
+                                "HTML file) of a pipeline, part_b or part_a run; two runs go side by side.")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run ids (default: the newest finished "
+                   "pipeline run of the experiment)")
+    p.add_argument("-o", "--output", help="the HTML file to write (default: outputs/report/report-<run>.html)")
+    p.add_argument("--experiment", default="difflab", help="where to look for the newest pipeline run")
+    p.add_argument("--tracking-uri", help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db)")
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    """`difflab report`: no Prefect needed, only the MLflow store."""
+    args = report_parser().parse_args(argv)
+    from difflab import tracking
+    from difflab.config import TrackingConfig
+
+    _ensure_repo_on_path()
+    from tasks.report import write_report
+
+    tracking.configure(TrackingConfig(experiment=args.experiment, tracking_uri=args.tracking_uri))
+    try:
+        path = write_report(args.run_ids, args.output, args.experiment)
+    except _user_error_types() as exc:
+        print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(f"report: {path.resolve()}")
+    return 0
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -121,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         from difflab.stack import main as stack_main
 
         return stack_main(argv[1:])
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
     args = parser().parse_args(argv)
     flow_ref, config_ref, _ = FLOWS[args.command]
     try:
@@ -141,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
             tracking.configure(getattr(config, "tracking", None))
             print(f"MLflow run {run_id}: {tracking.run_url(run_id)}\n{tracking.ui_hint()}")
+            if result.get("report"):
+                print(f"report: {result['report']} (also in the MLflow run: Artifacts -> "
+                      f"{tracking.REPORT_ARTIFACT})")
         return 0
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, BaseException):

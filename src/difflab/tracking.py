@@ -29,6 +29,9 @@ CACHE_KEY_TAG = "difflab.cache_key"
 STAGE_TAG = "difflab.stage"
 REUSED_TAG = "difflab.reused_from"
 ERROR_TAG = "difflab.error"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""What MLflow 3's UI calls a model-training experiment (the other kind is genai_development)."""
 _BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 _PARAM_MAX = 6000
 
@@ -56,14 +59,23 @@ def experiment_id(name: str) -> str:
     """Get or create the experiment; local sqlite stores keep artifacts under ./mlruns."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            _mark_model_training(exp.experiment_id)
         return exp.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (Path(DEFAULT_ARTIFACT_DIR).resolve() / "experiments" / name).as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _mark_model_training(exp_id: str) -> None:
+    """MLflow 3's UI opens an unmarked experiment on its GenAI overview, where no run is shown."""
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 @contextlib.contextmanager
@@ -75,7 +87,8 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run_id = MlflowClient().create_run(experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
-    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
+                              log_system_metrics=_system_metrics())
     try:
         yield run_id
     except BaseException as exc:
@@ -85,6 +98,16 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         raise
     else:
         active.__exit__(None, None, None)
+
+
+def _system_metrics() -> bool:
+    """MLflow's CPU/memory/disk/network (and, with pynvml, GPU) metrics for every run; needs psutil.
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns them off."""
+    import importlib.util
+
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+        return False
+    return importlib.util.find_spec("psutil") is not None
 
 
 def _prefect_tags() -> dict[str, str]:

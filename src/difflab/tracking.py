@@ -32,6 +32,9 @@ ERROR_TAG = "difflab.error"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """What MLflow 3's UI calls a model-training experiment (the other kind is genai_development)."""
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+"""MLflow >= 3.5's UI takes the experiment kind from its GenAI / Model training switch (this URL query or
+the browser's last choice), not from the tag: links carry it so they open on runs, not the GenAI overview."""
 _BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 _PARAM_MAX = 6000
 
@@ -256,14 +259,14 @@ def run_url(run_id: str) -> str:
     r = get_run(run_id)
     uri = mlflow.get_tracking_uri()
     base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{r.info.experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{r.info.experiment_id}/runs/{run_id}?{UI_MODEL_TRAINING}"
 
 
 def ui_hint() -> str:
     uri = mlflow.get_tracking_uri()
     if uri.startswith("http"):
-        return f"open {uri} to browse runs"
-    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000"
+        return f"open {uri}/#/experiments?{UI_MODEL_TRAINING} to browse runs"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/#/experiments?{UI_MODEL_TRAINING}"
 
 
 def git_commit() -> str:

@@ -30,7 +30,8 @@ INSTALL_TIMEOUT_S = 600.0
 PAGE_CHECK_JS = """(() => {
   const imgs = [...document.images];
   return {
-    ready: document.readyState === 'complete' && imgs.every(i => i.complete),
+    ready: document.readyState === 'complete' && imgs.every(i => i.complete)
+           && document.querySelector('section[data-section]') !== null,
     title: document.title,
     runs: Number(document.body ? document.body.dataset.runs : 0),
     sections: [...document.querySelectorAll('section[data-section]')].map(s => s.id),
@@ -120,7 +121,10 @@ class Page:
                 return
 
     def goto(self, url: str, timeout: float = 60.0) -> None:
-        self.send("Page.navigate", {"url": url})
+        """Navigate; waits for the load event unless only the #fragment changed (a single-page app's route)."""
+        self.events = [e for e in self.events if e["method"] != "Page.loadEventFired"]
+        if "loaderId" not in self.send("Page.navigate", {"url": url}):
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(e["method"] == "Page.loadEventFired" for e in self.events):
@@ -163,6 +167,22 @@ class Page:
         return self.send("Page.createIsolatedWorld", {"frameId": frame_id, "worldName": "difflab-check"})[
             "executionContextId"]
 
+    def wait_in_child_frame(self, expression: str, timeout: float = 60.0) -> tuple[str | None, Any]:
+        """Evaluate in the first child frame until the result is truthy (its `ready`, for a dict); the
+        frame may be replaced while the embedding app renders, so it is looked up again each time."""
+        deadline = time.monotonic() + timeout
+        frame, value = None, None
+        while time.monotonic() < deadline:
+            children = [f for f in self.frames() if f.get("parentId")]
+            if children:
+                frame = children[0]["id"]
+                with contextlib.suppress(RuntimeError):
+                    value = self.evaluate(expression, self.frame_context(frame))
+                    if value and (not isinstance(value, dict) or value.get("ready", True)):
+                        return frame, value
+            self.pump(0.5)
+        return frame, value
+
     def errors(self, frame_id: str | None = None) -> list[str]:
         """Console errors, uncaught exceptions and error log entries (of one frame, if given)."""
         out = []
@@ -194,6 +214,9 @@ def chromium(exe: str, width: int = 1280, height: int = 1000) -> Iterator[Page]:
     profile = Path(tempfile.mkdtemp(prefix="difflab-chromium-"))
     cmd = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
+           # one renderer for a page and its frames, so a sandboxed iframe (MLflow's artifact view) is in
+           # this tab's frame tree rather than a separate target
+           "--disable-site-isolation-trials", "--disable-features=IsolateOrigins,site-per-process",
            f"--window-size={width},{height}", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
            f"--user-data-dir={profile}", "about:blank"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

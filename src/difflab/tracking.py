@@ -110,6 +110,9 @@ def _system_metrics() -> bool:
 
     if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
         return False
+    import logging
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not two lines per run in the log
     return importlib.util.find_spec("psutil") is not None
 
 

@@ -150,7 +150,7 @@ def mlflow_server(pipeline_run):
     finally:
         os.killpg(proc.pid, 15)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=10)  # mlflow server can take 20 s to honour SIGTERM: bounded, then killed
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(timeout=10)

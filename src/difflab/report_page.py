@@ -308,7 +308,7 @@ def render(runs: Sequence[RunData], config: PageConfig | None = None, title: str
     page = _Page(list(runs), cfg)
     heading = title or ("difflab write-up: " + " vs ".join(r.name for r in runs))
     body = [f"<header><h1>{_e(heading)}</h1>{page.subtitle()}</header>", page.toc(), page.facts()]
-    parts = {"A": "Part A — sampling and edits with a pretrained diffusion model",
+    parts = {"A": "Part A — sampling and edits with a diffusion model (the run's Part A backend)",
              "B": "Part B — diffusion models trained on MNIST"}
     for part, part_title in parts.items():
         sections = [s for s in SECTIONS if s.part == part]
@@ -471,7 +471,8 @@ def _sigma_table(page: _Page) -> str:
                      r.stages.get("evaluation", StageData(name="", run_id="")).metrics if k.startswith("denoiser.mse.sigma_")})
     if not sigmas:
         return ""
-    head = ["σ"] + [f"{lab}: {q}" for lab in page.labels for q in ("test MSE", "PSNR (dB)")]
+    many = len(page.runs) > 1
+    head = ["σ"] + [f"{lab}: {q}" if many else q for lab in page.labels for q in ("test MSE", "PSNR (dB)")]
     rows = []
     for s in sigmas:
         cells = [f"<th>{s:g}</th>"]

@@ -147,3 +147,13 @@ def test_gathering_a_reused_stage_shows_the_original_runs_images(mlflow_store):
         tracking.report_data(original)
     with pytest.raises(ValueError, match="not found"):
         tracking.report_data("0" * 32)
+
+
+def test_report_without_a_store_says_where_to_run_it_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    from difflab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["report"]) == 2
+    assert "no MLflow store at sqlite:///mlflow.db" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -111,7 +111,11 @@ def report_main(argv: list[str]) -> int:
     _ensure_repo_on_path()
     from tasks.report import write_report
 
-    tracking.configure(TrackingConfig(experiment=args.experiment, tracking_uri=args.tracking_uri))
+    uri = tracking.configure(TrackingConfig(experiment=args.experiment, tracking_uri=args.tracking_uri))
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"difflab: error: no MLflow store at {uri}; run this where `difflab pipeline` ran, or pass "
+              "--tracking-uri (or set MLFLOW_TRACKING_URI)", file=sys.stderr)
+        return 2
     try:
         path = write_report(args.run_ids, args.output, args.experiment)
     except _user_error_types() as exc:

@@ -358,11 +358,14 @@ def _stage_data(run, with_images: bool = True):
     tags = run.data.tags
     name = tags.get(STAGE_TAG) or tags.get("flow") or run.info.run_name.removesuffix(" (reused)")
     source_id = tags.get(REUSED_TAG)
-    source = get_run(source_id) if source_id else run
+    source = run
+    if source_id:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the original deleted: no images then
+            source = get_run(source_id)
     return StageData(name=name, run_id=run.info.run_id, url=run_url(run.info.run_id), status=run.info.status,
                      seconds=_seconds(run.info), reused_from=source_id,
                      reused_from_url=run_url(source_id) if source_id else "",
-                     original_seconds=_seconds(source.info) if source_id else None,
+                     original_seconds=_seconds(source.info) if source is not run else None,
                      params={**source.data.params, **run.data.params},
                      metrics={**source.data.metrics, **run.data.metrics}, tags=_user_tags(run),
                      images=_images(source.info.run_id) if with_images else [])

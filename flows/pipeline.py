@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from difflab import tracking
 from difflab.config import PipelineConfig
 from difflab.stages import STAGES
 from flows.part_a import part_a
 from flows.part_b import part_b
+from tasks.report import log_report
 from tasks.summary import publish_summary
 
 
@@ -26,8 +27,20 @@ def pipeline(config: PipelineConfig | None = None) -> dict:
             a_cfg = config.part_a.model_copy(update={"backend": "mnist", "mnist": config.part_a.mnist.model_copy(
                 update={"checkpoint": editable[0]["checkpoint"], "data": config.part_b.data})})
             result["part_a"] = part_a(config=a_cfg, parent_run_id=run)
+    result["report"] = _report(run, config)  # once the run has finished, so the page shows its final state
     publish_summary("pipeline", run, {"part_b": b["run_id"], "part_a": result.get("part_a", {}).get("run_id")})
     return result
+
+
+def _report(run_id: str, config: PipelineConfig) -> str | None:
+    """The write-up page, logged to this run; a failure here is reported, not a failed pipeline."""
+    try:
+        return log_report(run_id, config.part_b.tracking)
+    except Exception as exc:  # noqa: BLE001 - the trained models and every artifact are already logged
+        msg = f"{type(exc).__name__}: {exc}"
+        tracking.log_tags({"difflab.report_error": msg}, run_id)
+        get_run_logger().warning("no write-up page (%s); retry with `difflab report %s`", msg, run_id)
+        return None
 
 
 if __name__ == "__main__":

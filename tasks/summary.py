@@ -13,9 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from difflab import tracking
 
-REPORT_URL_TAG = "difflab.report_url"
-"""Hook for the report page: whatever builds it (`difflab report`) sets this tag on the run to the page's
-URL, and the summary links it beside the MLflow run."""
+from tasks.report import REPORT_URL_TAG  # set by log_report: the summary links the page beside the run
 SUMMARY_TAGS = ("profile", "backend", "device", "difflab.promotion")
 MAX_ROWS = 40
 """Headline numbers only: a run with more metrics (per-digit agreement...) keeps the rest in MLflow."""

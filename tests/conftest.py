@@ -10,6 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import difflab  # noqa: E402,F401  (telemetry switches and OpenMP waiting, before torch loads)
 import torch  # noqa: E402
+# Prefect binds its console log handler to sys.stderr when prefect.main is first imported: import it
+# now, while stderr is the session's, not a capsys buffer that a test closes (flows of later tests
+# would log into that closed file and recurse until RecursionError).
+import prefect.main  # noqa: E402,F401
 
 # The suite's models are tiny and the CI machine has two cores shared with a Prefect server:
 # one thread avoids OpenMP threads spinning against each other (10x slower otherwise).

@@ -11,6 +11,7 @@ ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "GIT_PYTHON_REFRESH": "quiet",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Spinning OpenMP threads collapse when the cores are shared (a Prefect server, a worker, a second
     # job). bench/cpu_training.py, D=16 training on 2 cores with both cores also busy: torch's default
     # fell to 21-175 img/s across runs, a bounded GOMP_SPINCOUNT was erratic (44-537), passive waiting

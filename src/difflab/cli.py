@@ -102,7 +102,45 @@ def parser() -> argparse.ArgumentParser:
         _add_common(sub.add_parser(name, help=help_text))
     sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack (difflab stack --help)")
     sub.add_parser("runs", help="run housekeeping: `difflab runs doctor` ends runs whose process died")
+    sub.add_parser("report", help="write a run's write-up page, or two runs side by side (difflab report --help)")
     return p
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="difflab report", description="Write the write-up page (one self-contained "
+                                "HTML file) of a pipeline, part_b or part_a run; two runs go side by side.")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run ids (default: the newest finished "
+                   "pipeline run of the experiment)")
+    p.add_argument("-o", "--output", help="the HTML file to write (default: outputs/report/report-<run>.html)")
+    p.add_argument("--experiment", default="difflab", help="where to look for the newest pipeline run")
+    p.add_argument("--tracking-uri", help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db)")
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    """`difflab report`: no Prefect needed, only the MLflow store."""
+    args = report_parser().parse_args(argv)
+    from difflab import tracking
+    from difflab.config import TrackingConfig
+
+    _ensure_repo_on_path()
+    from tasks.report import write_report
+
+    cfg = TrackingConfig(experiment=args.experiment, tracking_uri=args.tracking_uri)
+    uri = tracking.tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"difflab: error: no MLflow store at {uri}; run this where `difflab pipeline` ran, or pass "
+              "--tracking-uri (or set MLFLOW_TRACKING_URI)", file=sys.stderr)
+        return 2
+    tracking.configure(cfg)  # only now: configuring a sqlite store creates it
+    try:
+        path = write_report(args.run_ids, args.output, args.experiment)
+    except _user_error_types() as exc:
+        print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(f"report: {path.resolve()}")
+    return 0
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -178,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         from ops.runs import main as runs_main
 
         return runs_main(argv[1:])
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
     args = parser().parse_args(argv)
     flow_ref, config_ref, _ = FLOWS[args.command]
     try:
@@ -205,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         if run_id:
             tracking.configure(tracking_cfg)
             print(f"MLflow run {run_id}: {tracking.run_url(run_id)}\n{tracking.ui_hint()}")
+            if result.get("report"):
+                print(f"report: {result['report']} (also in the MLflow run: Artifacts -> "
+                      f"{tracking.REPORT_ARTIFACT})")
         return 0
     exc = state.result(raise_on_failure=False)
     disk_full = _disk_full_line(exc) if isinstance(exc, BaseException) else None

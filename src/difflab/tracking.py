@@ -34,6 +34,12 @@ PID_TAG = "difflab.pid"
 PID_START_TAG = "difflab.pid_start"
 """Which process opened a run: the run doctor marks RUNNING runs FAILED once that process is gone."""
 PREFECT_FLOW_RUN_TAG = "prefect.flow_run_id"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""What MLflow 3's UI calls a model-training experiment (the other kind is genai_development)."""
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+"""MLflow >= 3.5's UI takes the experiment kind from its GenAI / Model training switch (this URL query or
+the browser's last choice), not from the tag: links carry it so they open on runs, not the GenAI overview."""
 _BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 _PARAM_MAX = 6000
 
@@ -144,14 +150,23 @@ def experiment_id(name: str) -> str:
     """Get or create the experiment; local sqlite stores keep artifacts under ./mlruns."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            _mark_model_training(exp.experiment_id)
         return exp.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (Path(DEFAULT_ARTIFACT_DIR).resolve() / "experiments" / name).as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _mark_model_training(exp_id: str) -> None:
+    """MLflow 3's UI opens an unmarked experiment on its GenAI overview, where no run is shown."""
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 @contextlib.contextmanager
@@ -167,7 +182,8 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         run_id = MlflowClient().create_run(experiment_id(experiment), run_name=name, tags=all_tags).info.run_id
     else:  # reopened (a resume): this process owns it now
         MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
-    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
+                              log_system_metrics=_system_metrics())
     try:
         yield run_id
     except BaseException as exc:
@@ -296,6 +312,19 @@ def _reap_quietly(experiment: str) -> None:
             print(f"difflab: marked MLflow run {d['run_id']} ({d['run_name']}) FAILED: {d['reason']}")
     except Exception:  # noqa: BLE001
         pass
+
+
+def _system_metrics() -> bool:
+    """MLflow's CPU/memory/disk/network (and, with pynvml, GPU) metrics for every run; needs psutil.
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns them off."""
+    import importlib.util
+
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+        return False
+    import logging
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not two lines per run in the log
+    return importlib.util.find_spec("psutil") is not None
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -484,14 +513,19 @@ def run_url(run_id: str) -> str:
     r = get_run(run_id)
     uri = mlflow.get_tracking_uri()
     base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{r.info.experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{r.info.experiment_id}/runs/{run_id}?{UI_MODEL_TRAINING}"
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """Where the MLflow UI shows one artifact of a run (e.g. the report page)."""
+    return run_url(run_id).replace(f"?{UI_MODEL_TRAINING}", f"/artifacts/{path}?{UI_MODEL_TRAINING}")
 
 
 def ui_hint() -> str:
     uri = mlflow.get_tracking_uri()
     if uri.startswith("http"):
-        return f"open {uri} to browse runs"
-    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000"
+        return f"open {uri}/#/experiments?{UI_MODEL_TRAINING} to browse runs"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/#/experiments?{UI_MODEL_TRAINING}"
 
 
 def git_commit() -> str:
@@ -525,3 +559,113 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The write-up page (`difflab report`): a run tree's facts, numbers and images as plain data for
+# difflab.report_page, which never talks to MLflow itself.
+
+REPORT_FLOWS = ("pipeline", "part_b", "part_a")
+REPORT_ARTIFACT = "report/report.html"
+_STEP_SEPARATORS = ("+step+", "%step%")
+"""MLflow 3 names a stepped image images/<key>+step+<n>+timestamp+<ms>+<uuid>.png (older: % for +)."""
+
+
+def newest_run(experiment: str, flow: str = "pipeline") -> str | None:
+    """The newest finished run of a flow (tags.flow) in the experiment, if any."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs([exp.experiment_id],
+                                      f"tags.flow = '{flow}' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def report_data(run_id: str):
+    """A pipeline, part_b or part_a run and every stage under it, with images, as `report_page.RunData`."""
+    from difflab.report_page import RunData
+
+    try:
+        top = get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"run {run_id} not found in {mlflow.get_tracking_uri()}; give a run id from "
+                         "`difflab pipeline`'s output or the MLflow UI (or set MLFLOW_TRACKING_URI)") from None
+    flow = top.data.tags.get("flow", "")
+    if flow not in REPORT_FLOWS:
+        raise ValueError(f"run {run_id} is a {flow or 'stage'} run; give a pipeline, part_b or part_a run "
+                         "(the write-up covers a whole flow run)")
+    stages: dict = {}
+    parts = [top] if flow != "pipeline" else [r for r in child_runs(run_id) if r.data.tags.get("flow") in REPORT_FLOWS]
+    for part in parts:
+        stages[part.data.tags["flow"]] = _stage_data(part, with_images=False)
+        for child in child_runs(part.info.run_id):
+            st = _stage_data(child)
+            stages[st.name] = st
+    return RunData(run_id=run_id, name=top.info.run_name, url=run_url(run_id), flow=flow, status=top.info.status,
+                   start_ms=top.info.start_time, seconds=_seconds(top.info), tracking_uri=mlflow.get_tracking_uri(),
+                   params=dict(top.data.params), metrics=dict(top.data.metrics), tags=_user_tags(top), stages=stages)
+
+
+def _stage_data(run, with_images: bool = True):
+    """One run as StageData; a `<stage> (reused)` run shows the original run's images and metrics."""
+    from difflab.report_page import StageData
+
+    tags = run.data.tags
+    name = tags.get(STAGE_TAG) or tags.get("flow") or run.info.run_name.removesuffix(" (reused)")
+    source_id = tags.get(REUSED_TAG)
+    source = run
+    if source_id:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # the original deleted: no images then
+            source = get_run(source_id)
+    return StageData(name=name, run_id=run.info.run_id, url=run_url(run.info.run_id), status=run.info.status,
+                     seconds=_seconds(run.info), reused_from=source_id,
+                     reused_from_url=run_url(source_id) if source_id else "",
+                     original_seconds=_seconds(source.info) if source is not run else None,
+                     params={**source.data.params, **run.data.params},
+                     metrics={**source.data.metrics, **run.data.metrics}, tags=_user_tags(run),
+                     images=_images(source.info.run_id) if with_images else [])
+
+
+def _images(run_id: str) -> list:
+    """Every image under images/ of a run (stepped ones with their step; MLflow's compressed copies skipped)."""
+    from difflab.report_page import MIME, PageImage
+
+    files = [p for p in artifact_paths(run_id, "images")
+             if Path(p).suffix.lower() in MIME and "+compressed" not in p and "%compressed" not in p]
+    if not files:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory(prefix="difflab-report-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images", dst_path=tmp))
+        for path in files:
+            stem, step = Path(path).stem, None
+            for sep in _STEP_SEPARATORS:
+                if sep in stem:
+                    key, rest = stem.split(sep, 1)
+                    stem, step = key.replace("~", "/"), int(rest.split(sep[0], 1)[0])
+                    break
+            raw = (local / Path(path).relative_to("images")).read_bytes()
+            out.append(PageImage.from_bytes(stem, path, raw, step))
+    return out
+
+
+def _seconds(info) -> float | None:
+    if not info.start_time:
+        return None
+    return ((info.end_time or _now_ms()) - info.start_time) / 1000
+
+
+def _user_tags(run) -> dict[str, str]:
+    return {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+
+
+def log_report_page(run_id: str, page: str | Path) -> None:
+    """The page as report/report.html of the run, whatever the local file is called."""
+    import shutil
+
+    folder, name = REPORT_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="difflab-report-") as tmp:
+        staged = Path(tmp) / name
+        shutil.copyfile(page, staged)
+        MlflowClient().log_artifact(run_id, str(staged), folder)

@@ -34,50 +34,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import pandas as pd
 
-from difflab import tracking
-from difflab.config import TrackingConfig, deep_merge
-
-WIDTH = "denoiser.hidden,time_ddpm.hidden,class_ddpm.hidden"
-"""Grid key for the width D of all three Part B UNets at once."""
-
-DEFAULT_METRICS = ["denoiser.final_loss", "time_ddpm.final_loss", "class_ddpm.final_loss"]
-
-
-class SweepConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    deployment: str = "part_b/tiny"
-    """`flow/deployment` to run at every grid point; its parameters are replaced by base + the point."""
-    base: dict[str, Any] = Field(default_factory=lambda: {"profile": "quick"})
-    """The deployment's `config` parameter shared by every point (a PartBConfig for part_b)."""
-    grid: dict[str, list[Any]] = Field(default_factory=lambda: {
-        "class_ddpm.guidance": [1.0, 3.0, 5.0, 7.0], "seed": [0, 1], WIDTH: [8, 16]})
-    """Dotted path(s) -> values; the sweep runs their cartesian product."""
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
-    """Metrics of each run's MLflow parent run shown in the comparison (all of them when empty)."""
-    max_runs: int = 64
-    """Refuse grids larger than this (a typo in a grid should not queue a thousand runs)."""
-    timeout_s: float = 12 * 3600
-    """Give up waiting after this long; unfinished runs are cancelled."""
-    poll_s: float = 3.0
-    nest: bool = True
-    """Nest every point's MLflow run under the sweep's run (part_b's parent_run_id parameter)."""
-    fail_on_error: bool = True
-    """Fail the sweep (after comparing what finished) when any point did not complete."""
-    artifact_key: str = "sweep-results"
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    """Where the sweep's own MLflow run goes; the experiment defaults to base.tracking.experiment."""
-
-    @field_validator("grid")
-    @classmethod
-    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"grid[{key!r}] must be a non-empty list of values")
-        return grid
-
+from difflab import report, tracking
+from difflab.config import WIDTH, SweepConfig, deep_merge, nested
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The cartesian product of the grid as a list of {grid key: value}, in a stable order."""
@@ -87,15 +47,7 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def point_overrides(point: dict[str, Any]) -> dict[str, Any]:
     """{"a.b": 1, "x.y,z.y": 2} -> {"a": {"b": 1}, "x": {"y": 2}, "z": {"y": 2}}."""
-    out: dict[str, Any] = {}
-    for key, value in point.items():
-        for path in (p.strip() for p in key.split(",") if p.strip()):
-            node = out
-            *parents, leaf = path.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-    return out
+    return nested((path.strip(), value) for key, value in point.items() for path in key.split(",") if path.strip())
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -252,7 +204,7 @@ def sweep(config: SweepConfig | None = None) -> dict:
                 failed.append(f"{fr.name} ({point_label(point)}): {state}")
             rows.append(row)
 
-        table = _markdown(rows)
+        table = report.to_markdown(pd.DataFrame(rows)) if rows else "(no runs)"
         tracking.log_dict({"sweep": sweep_id, "rows": rows}, "sweep/results.json")
         tracking.log_text(table, "sweep/results.md")
         tracking.log_metrics({"points_completed": len(rows) - len(failed), "points_failed": len(failed)})
@@ -268,19 +220,6 @@ def sweep(config: SweepConfig | None = None) -> dict:
         if failed and config.fail_on_error:
             raise RuntimeError(f"{len(failed)} of {len(rows)} sweep runs did not complete: " + "; ".join(failed))
     return {"sweep_id": sweep_id, "mlflow_run_id": sweep_run, "compare_run_id": compare_run, "rows": rows}
-
-
-def _markdown(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no runs)"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-
-    def fmt(v: Any) -> str:
-        return f"{v:.5g}" if isinstance(v, float) else ("" if v is None else str(v))
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_prefect_yaml_schedules_every_flow_with_valid_cron():
 
 def test_prefect_yaml_parameters_validate_against_the_flows_configs():
     from difflab import config as cfg
-    from flows.sweep import SweepConfig
+    from difflab.config import SweepConfig
 
     models = {"part_b": cfg.PartBConfig, "sweep": SweepConfig}
     for flow, name in (("part_a", "PartAConfig"), ("pipeline", "PipelineConfig"), ("compare", "CompareConfig")):
@@ -92,7 +92,7 @@ def test_sweep_recognises_a_part_b_run_by_its_params():
 
 
 def test_sweep_config_rejects_empty_grid_values():
-    from flows.sweep import SweepConfig
+    from difflab.config import SweepConfig
 
     with pytest.raises(ValueError):
         SweepConfig(grid={"seed": []})

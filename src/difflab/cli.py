@@ -27,7 +27,7 @@ FLOWS: dict[str, tuple[str, str, str]] = {
     "part-a": ("flows.part_a:part_a", "difflab.config:PartAConfig", "Part A sampling and edits"),
     "pipeline": ("flows.pipeline:pipeline", "difflab.config:PipelineConfig", "Part B, then Part A on its model"),
     "compare": ("flows.compare:compare", "difflab.config:CompareConfig", "compare runs side by side"),
-    "sweep": ("flows.sweep:sweep", "flows.sweep:SweepConfig", "fan out deployment runs over a grid"),
+    "sweep": ("flows.sweep:sweep", "difflab.config:SweepConfig", "fan out deployment runs over a grid"),
 }
 
 

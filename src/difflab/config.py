@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 COURSE_TRAIN_IMAGES = 60_000
 """The size of the MNIST training set the course's epoch counts were written for."""
@@ -310,6 +310,46 @@ def resolve_profile(profile: str) -> str:
     return "course" if torch.cuda.is_available() else "quick"
 
 
+WIDTH = "denoiser.hidden,time_ddpm.hidden,class_ddpm.hidden"
+"""Grid key for the width D of all three Part B UNets at once."""
+
+DEFAULT_METRICS = ["denoiser.final_loss", "time_ddpm.final_loss", "class_ddpm.final_loss"]
+
+
+class SweepConfig(_Strict):
+    """The sweep flow: a grid of deployment runs, compared when they all finished."""
+
+    deployment: str = "part_b/tiny"
+    """`flow/deployment` to run at every grid point; its parameters are replaced by base + the point."""
+    base: dict[str, Any] = Field(default_factory=lambda: {"profile": "quick"})
+    """The deployment's `config` parameter shared by every point (a PartBConfig for part_b)."""
+    grid: dict[str, list[Any]] = Field(default_factory=lambda: {
+        "class_ddpm.guidance": [1.0, 3.0, 5.0, 7.0], "seed": [0, 1], WIDTH: [8, 16]})
+    """Dotted path(s) -> values; the sweep runs their cartesian product."""
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    """Metrics of each run's MLflow parent run shown in the comparison (all of them when empty)."""
+    max_runs: int = 64
+    """Refuse grids larger than this (a typo in a grid should not queue a thousand runs)."""
+    timeout_s: float = 12 * 3600
+    """Give up waiting after this long; unfinished runs are cancelled."""
+    poll_s: float = 3.0
+    nest: bool = True
+    """Nest every point's MLflow run under the sweep's run (part_b's parent_run_id parameter)."""
+    fail_on_error: bool = True
+    """Fail the sweep (after comparing what finished) when any point did not complete."""
+    artifact_key: str = "sweep-results"
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Where the sweep's own MLflow run goes; the experiment defaults to base.tracking.experiment."""
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid[{key!r}] must be a non-empty list of values")
+        return grid
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -322,25 +362,32 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """`a.b=3` strings (from the command line) to a nested dict; values parsed as JSON when they can be."""
-    import json
-
+def nested(pairs: Iterable[tuple[str, Any]]) -> dict:
+    """(dotted path, value) pairs to a nested dict: ("a.b", 3) -> {"a": {"b": 3}}."""
     out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"override {pair!r} is not KEY=VALUE; write e.g. class_ddpm.epochs=3")
-        key, raw = pair.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+    for key, value in pairs:
         node = out
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
     return out
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`a.b=3` strings (from the command line) to a nested dict; values parsed as JSON when they can be."""
+    import json
+
+    parsed = []
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} is not KEY=VALUE; write e.g. class_ddpm.epochs=3")
+        key, raw = pair.split("=", 1)
+        try:
+            parsed.append((key, json.loads(raw)))
+        except json.JSONDecodeError:
+            parsed.append((key, raw))
+    return nested(parsed)
 
 
 def flatten_params(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:

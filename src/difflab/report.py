@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from difflab import viz
 from difflab.viz import figure_to_image
 
 PARAM_PREFIX = "params."
@@ -146,15 +147,6 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def overlay_curves(curves: Curves, title: str = "training curves", log_scale: bool = True,
                    cfg: ReportConfig | None = None) -> Image.Image:
     """One panel per metric key, every run's curve overlaid on it, so runs compare at a glance."""
@@ -162,7 +154,7 @@ def overlay_curves(curves: Curves, title: str = "training curves", log_scale: bo
     keys = sorted({key for series in curves.values() for key in series})
     if not keys:
         raise ValueError("no curves to plot; pass {run label: {metric key: [(step, value), ...]}}")
-    plt = _pyplot()
+    plt = viz.pyplot()
     fig, axes = plt.subplots(len(keys), 1, figsize=(cfg.panel_width, cfg.panel_height * len(keys)),
                              dpi=cfg.dpi, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
@@ -194,7 +186,7 @@ def metric_bars(table: pd.DataFrame, metrics: Sequence[str] | None = None, label
         raise KeyError(f"metrics {missing or 'none'} not in the table; it has {list(table.columns)}")
     labels = table[label_column].astype(str).tolist() if label_column in table.columns else \
         [str(i) for i in table.index]
-    plt = _pyplot()
+    plt = viz.pyplot()
     ncols = min(cfg.bar_columns, len(cols))
     nrows = math.ceil(len(cols) / ncols)
     panel = max(cfg.panel_width / 2, cfg.bar_width_per_run * len(labels))

@@ -92,7 +92,7 @@ def part_b(tiny: bool, out: Path, data_path: Path, fast: bool) -> list[dict[str,
 
         result = fit(st.model_kind, {"hidden": scfg.hidden}, st.loss(scfg, schedule), x_train, y_train, plan,
                      scfg.lr, scfg.batch_size, cfg.seed, device, None, on_epoch_end, st.checkpoint_extra(scfg),
-                     fast=scfg.fast)
+                     fast=scfg.fast, ema_decay=scfg.ema_decay)
         _sync()
         train_s = time.perf_counter() - started
         save(st.figures_after(result.model, scfg, x_test, cfg.seed))

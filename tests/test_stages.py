@@ -109,3 +109,26 @@ def test_tasks_never_import_flows():
     imports = [f"{p.name}: {line.strip()}" for p in (ROOT / "tasks").glob("*.py")
                for line in p.read_text().splitlines() if re.match(r"\s*(from|import)\s+flows\b", line)]
     assert not imports, imports
+
+
+class PixelJudge(nn.Module):
+    """Reads the digit written as 0.1 * d in the top-left pixel: a judge whose answers a test controls."""
+
+    def __init__(self):
+        super().__init__()
+        from difflab.config import JudgeConfig
+
+        self.cfg = JudgeConfig()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        d = (x[:, 0, 0, 0] * 10).round().long().clamp(0, 9)
+        return torch.nn.functional.one_hot(d, 10).float() * 50
+
+
+def test_digit_shares_are_what_the_judge_read():
+    digits = torch.tensor([0] * 5 + [3] * 3 + [9] * 2)
+    x = torch.zeros(10, 1, 28, 28)
+    x[:, 0, 0, 0] = digits / 10
+    shares = stages.digit_shares(PixelJudge(), x)
+    assert shares == pytest.approx([0.5, 0, 0, 0.3, 0, 0, 0, 0, 0, 0.2])

@@ -54,3 +54,40 @@ def test_checkpoint_round_trip(tmp_path):
     x, t, c = torch.randn(2, 1, 28, 28), torch.rand(2), torch.eye(10)[:2]
     with torch.no_grad():
         assert torch.equal(loaded(x, t, c), net(x, t, c))
+
+
+def test_ema_is_the_moving_average_of_the_weights():
+    """Analytic oracle: after steps 1 and 2 the average is d2 (d1 e0 + (1-d1) w1) + (1-d2) w2, with the warm-up d."""
+    from difflab.train import EMA
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema = EMA(net, decay=0.9)
+    d1, d2 = ema.factor(1), ema.factor(2)
+    assert (d1, d2) == (2 / 11, 3 / 12) and ema.factor(10_000) == 0.9
+    for step, w in ((1, 3.0), (2, 5.0)):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        ema.update(net, step)
+    expected = d2 * (d1 * 1.0 + (1 - d1) * 3.0) + (1 - d2) * 5.0
+    assert abs(ema.model.weight.item() - expected) < 1e-6 and net.weight.item() == 5.0
+
+
+def test_ema_training_returns_the_average_and_resumes_exactly(tmp_path):
+    x, y = _tiny_data(64)
+    loss = lambda m, xb, yb, g: denoiser_loss(m, xb, 0.5, g)  # noqa: E731
+    plain = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32)
+    full = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32,
+               checkpoint_dir=tmp_path / "a", ema_decay=0.9)
+    assert full.losses == plain.losses  # the average never feeds back into training
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), full.model.parameters()))
+    fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(2, 32, [], 64, False), 1e-3, 32,
+        checkpoint_dir=tmp_path / "b", ema_decay=0.9)
+    resumed = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32,
+                  checkpoint_dir=tmp_path / "b", ema_decay=0.9)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    saved, _ = load_model(tmp_path / "a" / "epoch_0004.pt")
+    for a, b in zip(full.model.state_dict().values(), saved.state_dict().values()):
+        assert torch.equal(a, b)  # the epoch checkpoint holds the average, the network that samples

@@ -110,6 +110,9 @@ class TrainConfig(_Strict):
     """Epochs after which the stage's figures (denoised digits, samples) are logged."""
     match_course_steps: bool = True
     """On a training set smaller than MNIST's 60k, run the course's optimizer steps, not its epochs."""
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    """0: off (the spec). Else figures, checkpoints and samples use an exponential moving average of the
+    weights (train.EMA; the DDPM literature's standard), with this decay after a short warm-up."""
     fast: FastPath = Field(default_factory=FastPath)
 
 

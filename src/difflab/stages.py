@@ -210,7 +210,8 @@ class DDPMStage(Stage):
 
     def evaluate(self, trained, scfg: DDPMConfig, ev, judge, real_train, real_test, seed) -> Evaluation:
         """Frechet distance in the judge's features beside the real-vs-real floor; for guided samples, how
-        often the judge reads the digit asked for."""
+        often the judge reads the digit asked for (overall and for the worst digit); for unguided ones, how
+        the judge's readings spread over the ten digits (the rarest digit's share: 0.1 is a perfect spread)."""
         labels = torch.arange(ev.num_samples) % NUM_CLASSES if self.conditional else None
         x = draw_batched(trained.model, trained.schedule, ev.num_samples, ev.sample_batch_size, seed, labels,
                          scfg.guidance, fast=scfg.fast)
@@ -223,10 +224,22 @@ class DDPMStage(Stage):
             agree = class_agreement(judge, x, labels)
             out.metrics.update({f"{k}.agreement": agree["agreement"], f"{k}.confidence": agree["confidence"],
                                 **{f"{k}.agreement.digit_{d}": v["agreement"] for d, v in agree["per_digit"].items()}})
-            out.headline.update({f"{k}_agreement": agree["agreement"], f"{k}_confidence": agree["confidence"]})
+            out.headline.update({f"{k}_agreement": agree["agreement"], f"{k}_confidence": agree["confidence"],
+                                 f"{k}_agreement_min_digit": min(v["agreement"] for v in agree["per_digit"].values())})
             out.tables[f"{k}_agreement.json"] = agree
             out.figures["judged_samples"] = judged_figure(judge, x, labels)
+        else:
+            share = digit_shares(judge, x)
+            out.metrics.update({f"{k}.digit_share.digit_{d}": v for d, v in enumerate(share)})
+            out.headline[f"{k}_min_digit_share"] = min(share)
+            out.tables[f"{k}_digit_shares.json"] = {str(d): v for d, v in enumerate(share)}
         return out
+
+
+def digit_shares(judge: Judge, samples: torch.Tensor) -> list[float]:
+    """The share of samples the judge reads as each digit 0-9."""
+    pred = judge_predict(judge, samples).argmax(1)
+    return (torch.bincount(pred, minlength=NUM_CLASSES).float() / max(1, len(pred))).tolist()
 
 
 def judged_figure(judge: Judge, samples: torch.Tensor, labels: torch.Tensor) -> Image.Image:

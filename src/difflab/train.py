@@ -6,6 +6,7 @@ it stopped).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,31 @@ class EpochResult:
     @property
     def mean_loss(self) -> float:
         return sum(self.step_losses) / max(1, len(self.step_losses))
+
+
+class EMA:
+    """An exponential moving average of a network's weights, the copy a DDPM samples from.
+
+    After step n (1-based) each parameter p_ema <- d p_ema + (1 - d) p with d = min(decay, (1 + n) / (10 + n)):
+    the warm-up keeps the random initial weights from lingering in a short training. Buffers
+    (BatchNorm's running statistics) are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def factor(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = self.factor(step)
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - d)
+
+    @torch.no_grad()
+    def copy_buffers(self, model: nn.Module) -> None:
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
 
 
 @dataclass
@@ -150,20 +176,23 @@ def fit(
     on_epoch_end: Callable[[nn.Module, EpochResult], None] | None = None,
     extra: dict | None = None,
     fast: FastPath | None = None,
+    ema_decay: float = 0.0,
 ) -> TrainResult:
     """Train from scratch or from checkpoint_dir/last.pt. `fast` picks the speed levers (None: the plain loop);
-    per-step losses stay on the device and reach the host once per epoch."""
+    per-step losses stay on the device and reach the host once per epoch. With ema_decay > 0 the network
+    handed to on_epoch_end, saved in the epoch checkpoints and returned is the weights' moving average."""
     device = torch.device(device)
     torch.manual_seed(seed)
     levers = fastpath.Levers.resolve(fast, device)
     with fastpath.cuda_backends(levers):
         return _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed, device, checkpoint_dir,
-                    on_epoch_end, extra, levers)
+                    on_epoch_end, extra, levers, ema_decay)
 
 
 def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed, device, checkpoint_dir,
-         on_epoch_end, extra, levers: fastpath.Levers) -> TrainResult:
+         on_epoch_end, extra, levers: fastpath.Levers, ema_decay: float = 0.0) -> TrainResult:
     model = fastpath.prepare_model(build_model(kind, **model_kwargs).to(device), levers)
+    ema = EMA(model, ema_decay) if ema_decay > 0 else None
     optimizer = fastpath.make_optimizer(model, lr, levers, device)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=plan.lr_gamma)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -184,6 +213,8 @@ def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed
             gen.set_state(state["gen_state"].cpu())
         shuffle_gen.set_state(state["shuffle_state"].cpu())
         start_epoch, losses = state["epoch"], state["losses"]
+        if ema is not None:
+            ema.model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
     fastpath.after_optimizer_load(optimizer, levers, device)
     captured_lrs = [g["lr"] for g in optimizer.param_groups]
     train_step = fastpath.TrainStep(model, optimizer, loss_fn, gen, levers, device, batch_size)
@@ -199,19 +230,24 @@ def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed
             idx = perm[i:i + batch_size]
             step_losses[j] = train_step(fastpath.to_layout(images[idx], levers), labels[idx])
             step += 1
+            if ema is not None:
+                ema.update(model, step)
         epoch_losses = step_losses[:j + 1].tolist()  # one host sync per epoch, not per step
         scheduler.step()
         fastpath.sync_lr(optimizer, captured_lrs)
         losses.extend(epoch_losses)
+        if ema is not None:
+            ema.copy_buffers(model)
+        used = ema.model if ema is not None else model  # what the epoch's figures and checkpoints show
         ckpt = None
         if checkpoint_dir is not None:
             state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          gen_state=fastpath.generator_state(gen), shuffle_state=shuffle_gen.get_state(),
-                         epoch=epoch, losses=losses)
+                         epoch=epoch, losses=losses, ema_state_dict=ema.model.state_dict() if ema else None)
             save_checkpoint(last, model, kind, extra, **state)
             if epoch in ckpt_epochs:
-                ckpt = save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, kind, extra, epoch=epoch)
+                ckpt = save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", used, kind, extra, epoch=epoch)
         if on_epoch_end is not None:
-            on_epoch_end(model, EpochResult(epoch, epoch_losses, lr_now, step, ckpt))
+            on_epoch_end(used, EpochResult(epoch, epoch_losses, lr_now, step, ckpt))
     model.eval()
-    return TrainResult(model=model, losses=losses, resumed_from_epoch=start_epoch)
+    return TrainResult(model=ema.model if ema is not None else model, losses=losses, resumed_from_epoch=start_epoch)

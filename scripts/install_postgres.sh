@@ -26,22 +26,8 @@ if bindir=$(find_bindir); then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_postgres: apt-get not found; install a PostgreSQL server (initdb, pg_ctl) another way" >&2
-    exit 3
-fi
-
-SUDO=()
-if [[ $(id -u) -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        echo "install_postgres: need root (or passwordless sudo) to apt-get install postgresql" >&2
-        exit 3
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
+source "$(dirname "$0")/apt.sh"
+apt_ready install_postgres
 # No default cluster: skips initdb + service start in the package's postinst (faster, nothing left running).
 # A drop-in of the package's own createcluster.conf (which include_dir's this folder), so the
 # ucf-managed file itself is left alone; delete the drop-in to get Debian's default behaviour back.
@@ -49,18 +35,7 @@ export DEBIAN_FRONTEND=noninteractive
 echo "create_main_cluster = false  # written by difflab's scripts/install_postgres.sh" | \
     "${SUDO[@]}" tee /etc/postgresql-common/createcluster.d/difflab-no-main-cluster.conf >/dev/null
 
-apt_install() {
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends postgresql
-}
-# Retry once after refreshing the package lists (a fresh machine has none, or stale ones).
-if ! apt_install >/tmp/install_postgres.log 2>&1; then
-    "${SUDO[@]}" apt-get update -q >>/tmp/install_postgres.log 2>&1 || true
-    if ! apt_install >>/tmp/install_postgres.log 2>&1; then
-        tail -n 30 /tmp/install_postgres.log >&2
-        echo "install_postgres: apt-get install postgresql failed (log: /tmp/install_postgres.log)" >&2
-        exit 1
-    fi
-fi
+apt_install_retry install_postgres postgresql
 
 if bindir=$(find_bindir); then
     echo "$bindir"

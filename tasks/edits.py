@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from difflab import edits, tracking, viz
 from difflab.config import PartAConfig, workdir
 from difflab.edits.guidance import VIEWS
-from difflab.edits.timesteps import cap_steps, scale_timestep, strided_timesteps
+from difflab.edits.timesteps import REFERENCE_T, cap_steps, scale_timestep, strided_timesteps
 from difflab.train import pick_device
 from tasks.retry import retry_if_transient
 
@@ -271,7 +271,18 @@ SECTIONS = {"sample_steps": _section_sample_steps, "denoise": _section_denoise, 
 
 def fit_to_backend(cfg: PartAConfig, num_timesteps: int) -> tuple[PartAConfig, dict]:
     """Step counts and i_starts capped to what a model with num_timesteps steps has (see cap_steps);
-    returns the config that runs and {field: [asked, ran]} for every value that changed."""
+    returns the config that runs and {field: [asked, ran]} for every value that changed.
+
+    Only values the spec's schedule (T = 1000) has are capped: one beyond even that is a mistake, and an
+    error names the range."""
+    reference_last = len(strided_timesteps(REFERENCE_T, reference_stride=cfg.stride)) - 1
+    for name in ("i_start", "sdedit_i_starts"):
+        value = getattr(cfg, name)
+        if max(value if isinstance(value, list) else [value]) > reference_last:
+            raise ValueError(f"{name}={value} is out of range; use 0..{reference_last} (indices into the "
+                             f"{reference_last + 1} strided timesteps of stride {cfg.stride})")
+    if max(cfg.num_inference_steps) > REFERENCE_T:
+        raise ValueError(f"num_inference_steps={cfg.num_inference_steps} is out of range; use 1..{REFERENCE_T}")
     last_index = len(strided_timesteps(num_timesteps, reference_stride=cfg.stride)) - 1
     fitted = {"num_inference_steps": cap_steps(cfg.num_inference_steps, num_timesteps),
               "sdedit_i_starts": cap_steps(cfg.sdedit_i_starts, last_index),

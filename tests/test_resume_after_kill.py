@@ -50,7 +50,8 @@ def test_a_killed_training_resumes_and_its_finished_run_points_at_the_killed_one
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("difflab")
     runs = {r.info.status: r for r in client.search_runs([exp.experiment_id], "attributes.run_name = 'time_ddpm'")}
-    finished, killed = runs["FINISHED"], runs["RUNNING"]  # nothing has marked the killed one yet
+    finished, killed = runs["FINISHED"], runs["FAILED"]  # the rerun's run doctor ended the killed one
+    assert "is gone" in killed.data.tags["difflab.error"]
     resumed_from = int(finished.data.tags["resumed_from_epoch"])
     assert resumed_from >= killed_at - 1
     assert finished.data.tags["difflab.resumed_from_run"] == killed.info.run_id

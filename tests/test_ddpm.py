@@ -115,3 +115,20 @@ def test_time_model_output_is_finite_through_sampling():
 def test_schedule_rejects_bad_betas():
     with pytest.raises(ValueError, match="beta1"):
         DDPMSchedule(300, 0.5, 0.1)
+
+
+def test_clip_x0_clamps_the_predicted_clean_image_at_every_step():
+    """The last step returns x0_hat itself (alpha_bar_prev = 1), so with an estimator that predicts a clean
+    image of 3.0 everywhere the plain sampler ends at 3.0 and the clipped one at the range's top."""
+
+    s = DDPMSchedule(10)
+
+    def eps_fn(x, t):  # eps such that predict_x0 gives 3.0 everywhere
+        ab = s.alpha_bars[t].view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * 3.0) / (1 - ab).sqrt()
+
+    gen = torch.Generator().manual_seed(0)
+    plain, _ = sample(eps_fn, s, (2, 1, 4, 4), gen)
+    clipped, _ = sample(eps_fn, s, (2, 1, 4, 4), torch.Generator().manual_seed(0), clip_x0=(0.0, 1.0))
+    assert torch.allclose(plain, torch.full_like(plain, 3.0), atol=1e-4)
+    assert torch.allclose(clipped, torch.ones_like(clipped), atol=1e-4)

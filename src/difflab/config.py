@@ -144,6 +144,8 @@ class DDPMConfig(TrainConfig):
     beta2: float = Field(0.02, gt=0, lt=1)
     p_uncond: float = Field(0.1, ge=0, le=1)
     guidance: float = 5.0
+    clip_x0: bool = False
+    """An option outside the spec: clamp the predicted clean image to [0, 1] at every sampling step."""
     samples_per_class: Positive = 4
     """Class-conditioned grids: this many samples of every digit."""
     num_samples: Positive = 40

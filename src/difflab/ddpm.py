@@ -164,10 +164,13 @@ def sample(
     device: torch.device | str = "cpu",
     x_T: torch.Tensor | None = None,
     keep_every: int = 0,
+    clip_x0: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Algorithm B.2 from pure noise; returns x_0 and, if keep_every > 0, the trajectory.
 
     x_{t-1} = posterior_mean(x_t, x0_hat) + sqrt(beta_t) z, z ~ N(0, I) except at the last step.
+    clip_x0 = (lo, hi) clamps x0_hat to the data range first (an option outside the spec: the reference
+    DDPM code's clip_denoised, against speckle in the background).
     """
     x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)
     frames: list[torch.Tensor] = []
@@ -176,6 +179,8 @@ def sample(
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         ab = schedule.alpha_bars[i]
         x0_hat = predict_x0(x, eps_fn(x, t), ab)
+        if clip_x0 is not None:
+            x0_hat = x0_hat.clamp(*clip_x0)
         x = posterior_mean(x, x0_hat, ab, schedule.alpha_bar_prev(i))
         if i > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -18,6 +18,9 @@ from difflab.config import FastPath
 from difflab.ddpm import DDPMSchedule, cfg_eps_fn, kept_timesteps, sample, time_eps_fn
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
 
+DATA_RANGE = (0.0, 1.0)
+"""Pixel values of the training digits: what clip_x0 clamps the predicted clean image to."""
+
 
 @dataclass
 class Samples:
@@ -43,7 +46,7 @@ def frames_every(num_timesteps: int, frames: int) -> int:
 
 @torch.no_grad()
 def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels: torch.Tensor | None = None,
-         guidance: float = 0.0, frames: int = 0, fast: FastPath | None = None) -> Samples:
+         guidance: float = 0.0, frames: int = 0, fast: FastPath | None = None, clip_x0: bool = False) -> Samples:
     """n samples (one per label when labels are given, guided with classifier-free guidance).
 
     `fast` picks the speed levers (None or disabled: the plain network); the noise is the same either way."""
@@ -68,7 +71,8 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
         eps_fn = fastpath.graph_eps_fn(eps_fn, shape, device, levers)
         x_T = torch.randn(shape, generator=gen, device=device)
         every = frames_every(schedule.num_timesteps, frames)
-        x, traj = sample(eps_fn, schedule, shape, gen, device, x_T=x_T, keep_every=every)
+        x, traj = sample(eps_fn, schedule, shape, gen, device, x_T=x_T, keep_every=every,
+                         clip_x0=DATA_RANGE if clip_x0 else None)
     steps = kept_timesteps(schedule.num_timesteps, every)
     if every:
         traj, steps = [x_T.cpu(), *traj], [schedule.num_timesteps, *steps]
@@ -77,12 +81,13 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
 
 def draw_batched(model: nn.Module, schedule: DDPMSchedule, n: int, batch: int, seed: int = 0,
                  labels: torch.Tensor | None = None, guidance: float = 0.0,
-                 fast: FastPath | None = None) -> torch.Tensor:
+                 fast: FastPath | None = None, clip_x0: bool = False) -> torch.Tensor:
     """Many samples in batches (batch k seeded seed + k * batch), for evaluation."""
     out = []
     for i in range(0, n, batch):
         part = None if labels is None else labels[i:i + batch]
-        out.append(draw(model, schedule, min(batch, n - i), seed + i, part, guidance, fast=fast).images)
+        out.append(draw(model, schedule, min(batch, n - i), seed + i, part, guidance, fast=fast,
+                        clip_x0=clip_x0).images)
     return torch.cat(out)
 
 

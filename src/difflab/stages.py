@@ -193,7 +193,8 @@ class DDPMStage(Stage):
 
     def figures_at_epoch(self, model, scfg: DDPMConfig, schedule, test_x, seed, epoch) -> Figures:
         labels = self._grid_labels(scfg)
-        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast).images
+        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast,
+                 clip_x0=scfg.clip_x0).images
         if labels is None:
             return {"samples": viz.grid(x, nrow=min(10, scfg.num_samples), scale=3)}
         rows = list(x.split(scfg.samples_per_class))
@@ -203,7 +204,7 @@ class DDPMStage(Stage):
     def samples(self, trained, scfg: DDPMConfig, seed) -> tuple[Samples, int, str]:
         labels = self._grid_labels(scfg)
         s = draw(trained.model, trained.schedule, scfg.num_samples, seed, labels, scfg.guidance, scfg.gif_frames,
-                 fast=scfg.fast)
+                 fast=scfg.fast, clip_x0=scfg.clip_x0)
         if labels is None:
             return s, min(10, scfg.num_samples), "time-conditioned samples"
         return s, scfg.samples_per_class, f"guidance {scfg.guidance}: {scfg.samples_per_class} of each digit"
@@ -214,7 +215,7 @@ class DDPMStage(Stage):
         the judge's readings spread over the ten digits (the rarest digit's share: 0.1 is a perfect spread)."""
         labels = torch.arange(ev.num_samples) % NUM_CLASSES if self.conditional else None
         x = draw_batched(trained.model, trained.schedule, ev.num_samples, ev.sample_batch_size, seed, labels,
-                         scfg.guidance, fast=scfg.fast)
+                         scfg.guidance, fast=scfg.fast, clip_x0=scfg.clip_x0)
         fd = frechet_vs_real(judge, x, real_train, real_test, seed=seed)
         k = self.key
         out = Evaluation(metrics={f"{k}.frechet": fd["frechet"], f"{k}.frechet_real_floor": fd["frechet_real_floor"]},

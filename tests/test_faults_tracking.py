@@ -39,11 +39,11 @@ def test_dead_server_at_start_is_one_line_naming_the_uri(dead_uri, tmp_path, mon
     assert not (tmp_path / ".difflab").exists()  # nothing started
 
 
-def test_http_timeouts_get_sane_defaults_but_user_values_win(monkeypatch):
+def test_http_timeouts_get_sane_defaults_but_user_values_win(monkeypatch, tmp_path):
     for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "42")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'unused.db'}")  # not in the checkout
     tracking.configure(TrackingConfig())
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # MLflow's 7 with backoff 2 waits minutes
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"

@@ -23,7 +23,6 @@ from difflab.train import pick_device
 from tasks.retry import retry_if_transient
 
 
-
 def inputs_dir() -> Path:
     return workdir() / "part_a"
 

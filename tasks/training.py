@@ -12,7 +12,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from difflab.ddpm import (DDPMSchedule, add_noise, cfg, cfg_eps_fn, ddpm_loss, posterior_mean, predict_x0,
+from difflab.ddpm import (DDPMSchedule, add_noise, cfg, cfg_eps_fn, ddpm_loss, denoise, posterior_mean, predict_x0,
                           sample)
 from difflab.unet import ClassConditionalUNet, TimeConditionalUNet
 
@@ -132,3 +132,57 @@ def test_clip_x0_clamps_the_predicted_clean_image_at_every_step():
     clipped, _ = sample(eps_fn, s, (2, 1, 4, 4), torch.Generator().manual_seed(0), clip_x0=(0.0, 1.0))
     assert torch.allclose(plain, torch.full_like(plain, 3.0), atol=1e-4)
     assert torch.allclose(clipped, torch.ones_like(clipped), atol=1e-4)
+
+
+@pytest.mark.parametrize("variance,diffusers_variance", [("posterior", "fixed_small"), ("beta", "fixed_large")])
+@pytest.mark.parametrize("num_inference_steps", [10, 300])
+def test_the_one_loop_matches_diffusers_ddpm_scheduler(variance, diffusers_variance, num_inference_steps):
+    """`denoise` over any stride against diffusers' DDPMScheduler.step, same eps function and same noise."""
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(300, beta_start=1e-4, beta_end=0.02, variance_type=diffusers_variance, clip_sample=False)
+    ref.set_timesteps(num_inference_steps)
+    s = DDPMSchedule(300)
+    net = TimeConditionalUNet(hidden=4).eval()
+
+    def eps(x, t):
+        return net(x, s.time_input(torch.as_tensor(t).expand(x.shape[0])))
+
+    x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    ours = denoise(eps, s, x_T, ref.timesteps.tolist(), noise=lambda x: torch.randn(x.shape, generator=gen),
+                   variance=variance)
+    gen_ref, x = torch.Generator().manual_seed(1), x_T
+    with torch.no_grad():
+        for t in ref.timesteps:
+            x = ref.step(eps(x, int(t)), t, x, generator=gen_ref).prev_sample
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_step_is_algorithm_b2_at_stride_one_and_rejects_bad_steps():
+    s = DDPMSchedule(50)
+    x, eps, z = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = 20
+    x0 = predict_x0(x, eps, s.alpha_bars[t])
+    expected = posterior_mean(x, x0, s.alpha_bars[t], s.alpha_bars[t - 1]) + s.betas[t].sqrt() * z
+    assert torch.equal(s.step(eps, t, t - 1, x, variance="beta", noise=z), expected)
+    assert torch.equal(s.step(eps, 0, -1, x), predict_x0(x, eps, s.alpha_bars[0]))  # last step: the clean image
+    for bad in [dict(t=t, t_prev=t), dict(t=50, t_prev=10), dict(t=5, t_prev=-2)]:
+        with pytest.raises(ValueError, match="t_prev"):
+            s.step(eps, bad["t"], bad["t_prev"], x)
+    with pytest.raises(ValueError, match="unknown variance"):
+        s.step(eps, t, t - 1, x, variance="large", noise=z)
+
+
+def test_denoise_calls_the_hooks_once_per_step_in_order():
+    s = DDPMSchedule(30)
+    seen, after = [], []
+
+    def after_step(x, ab_next):
+        after.append(float(ab_next))
+        return x
+
+    denoise(lambda x, t: torch.zeros_like(x), s, torch.randn(1, 1, 2, 2), [29, 19, 9, 0],
+            after_step=after_step, on_step=lambda k, t, t_next, x: seen.append((k, t, t_next)))
+    assert seen == [(0, 29, 19), (1, 19, 9), (2, 9, 0), (3, 0, -1)]
+    assert after == pytest.approx([s.alpha_bars[19].item(), s.alpha_bars[9].item(), s.alpha_bars[0].item(), 1.0])

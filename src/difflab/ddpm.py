@@ -5,13 +5,16 @@ Indexing: a schedule of length T holds beta_t, alpha_t, alpha_bar_t for t = 0..T
 spec's alpha_bar_0 = 1 is what `alpha_bar_prev` returns before index 0. The
 network sees the time as t/T.
 
-Each SPEC.md formula lives in one function below; Part A's strided sampler uses
-the same functions with a stride larger than one.
+Each SPEC.md formula lives in one function below. `DDPMSchedule.step` is one
+update x_t -> x_{t'}; `denoise` is the one loop over any list of timesteps that
+Part B's Algorithm B.2 (`sample`, stride 1) and every Part A section
+(`edits.algorithms.iterative_denoise`, strided) run.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -58,6 +61,44 @@ class DDPMSchedule(nn.Module):
     def time_input(self, t: torch.Tensor) -> torch.Tensor:
         """The normalised time t/T that the networks are conditioned on."""
         return t.float() / self.num_timesteps
+
+    def alpha_bar_at(self, t: int) -> torch.Tensor:
+        """alpha_bar_t for an integer t, with alpha_bar = 1 at t = -1 (the clean image)."""
+        return self.alpha_bars[t] if t >= 0 else torch.ones_like(self.alpha_bars[0])
+
+    def step(self, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, variance: "Variance" = "beta",
+             noise: torch.Tensor | None = None, clip_x0: tuple[float, float] | None = None) -> torch.Tensor:
+        """One denoising update x_t -> x_{t'} (t' = t_prev < t, any stride; -1 is the clean image).
+
+        x_{t'} = posterior_mean(x_t, x0_hat, alpha_bar_t, alpha_bar_{t'}) + sigma z, with
+        x0_hat = predict_x0(x_t, eps, alpha_bar_t) (clamped to clip_x0 if given) and z = `noise`
+        (None: no noise, as at the last step). sigma^2 by `variance`: "beta" is Algorithm B.2's beta_t
+        (the schedule's own beta_t at stride 1, 1 - alpha_bar_t / alpha_bar_{t'} over a stride),
+        "posterior" is beta_tilde (`posterior_variance`), a tensor v in [-1, 1] is a model's learned range
+        (`learned_range_variance`). Shapes: eps, x, noise (B, ...); returns (B, ...).
+        """
+        if not 0 <= t < self.num_timesteps or not -1 <= t_prev < t:
+            raise ValueError(f"a step needs 0 <= t < {self.num_timesteps} and -1 <= t_prev < t, "
+                             f"got t={t}, t_prev={t_prev}")
+        ab, ab_prev = self.alpha_bars[t], self.alpha_bar_at(t_prev)
+        x0_hat = predict_x0(x, eps, ab)
+        if clip_x0 is not None:
+            x0_hat = x0_hat.clamp(*clip_x0)
+        mean = posterior_mean(x, x0_hat, ab, ab_prev)
+        if noise is None:
+            return mean
+        return mean + self.step_variance(t, t_prev, variance).sqrt() * noise
+
+    def step_variance(self, t: int, t_prev: int, variance: "Variance" = "beta") -> torch.Tensor:
+        """sigma^2 of the step t -> t_prev for a `Variance` choice (see `step`)."""
+        ab, ab_prev = self.alpha_bars[t], self.alpha_bar_at(t_prev)
+        if isinstance(variance, torch.Tensor):
+            return learned_range_variance(variance, ab, ab_prev)
+        if variance == "beta":
+            return self.betas[t] if t_prev == t - 1 else 1 - ab / ab_prev
+        if variance == "posterior":
+            return posterior_variance(ab, ab_prev)
+        raise ValueError(f"unknown variance {variance!r}; use one of {list(VARIANCES)} or a learned-range tensor")
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -155,6 +196,56 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """eps_fn(x_t, t) -> noise estimate, t an integer tensor of shape (B,)."""
 
 
+@dataclass
+class NoiseEstimate:
+    """eps for x_t and, for models that learn it, the raw variance output v in [-1, 1] (learned range)."""
+
+    eps: torch.Tensor
+    variance: torch.Tensor | None = None
+
+
+PredictFn = Callable[[torch.Tensor, int], "torch.Tensor | NoiseEstimate"]
+"""predict(x_t, t) -> eps (or a NoiseEstimate with the model's variance), t the integer timestep."""
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+"""noise(x) -> z ~ N(0, I) shaped like x: where the loop's randomness comes from (generator, device)."""
+AfterStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""after_step(x, alpha_bar_next) -> x, applied after each update (inpainting's projection)."""
+OnStep = Callable[[int, int, int, torch.Tensor], None]
+"""on_step(k, t, t_next, x): called after the k-th update (k from 0) took x from t to t_next (-1: clean)."""
+Variance = str | torch.Tensor
+"""A step's noise variance: "beta" (Algorithm B.2's sigma_t^2 = beta_t), "posterior" (beta_tilde) or a
+model's learned-range output v in [-1, 1]."""
+VARIANCES = ("beta", "posterior")
+
+
+@torch.no_grad()
+def denoise(predict: PredictFn, schedule: DDPMSchedule, x: torch.Tensor, timesteps: Sequence[int],
+            noise: NoiseFn | None = None, variance: str = "beta", clip_x0: tuple[float, float] | None = None,
+            after_step: AfterStep | None = None, on_step: OnStep | None = None) -> torch.Tensor:
+    """The one denoising loop: x at timesteps[0] down to the clean image, one `schedule.step` per timestep.
+
+    Each step goes t -> t' (the next entry of `timesteps`, any stride; after the last, the clean image with
+    alpha_bar = 1 and no noise), as Algorithm B.2 (stride 1) and Part A's strided sampler (A.3) do.
+    `predict` gives eps (and optionally a learned variance, which then replaces `variance`); `noise(x)`
+    draws each step's z after the prediction (None: a deterministic loop); `after_step` changes x after
+    every update (inpainting); `on_step` sees every state (trajectories). Returns x (not clamped).
+    """
+    ts = [int(t) for t in timesteps]
+    for k, t in enumerate(ts):
+        t_next = ts[k + 1] if k + 1 < len(ts) else -1
+        est = predict(x, t)
+        if not isinstance(est, NoiseEstimate):
+            est = NoiseEstimate(est)
+        var = variance if est.variance is None else est.variance
+        z = noise(x) if noise is not None and t_next >= 0 else None
+        x = schedule.step(est.eps, t, t_next, x, variance=var, noise=z, clip_x0=clip_x0)
+        if after_step is not None:
+            x = after_step(x, schedule.alpha_bar_at(t_next).to(x.device))
+        if on_step is not None:
+            on_step(k, t, t_next, x)
+    return x
+
+
 @torch.no_grad()
 def sample(
     eps_fn: EpsFn,
@@ -168,25 +259,27 @@ def sample(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Algorithm B.2 from pure noise; returns x_0 and, if keep_every > 0, the trajectory.
 
-    x_{t-1} = posterior_mean(x_t, x0_hat) + sqrt(beta_t) z, z ~ N(0, I) except at the last step.
+    x_{t-1} = posterior_mean(x_t, x0_hat) + sqrt(beta_t) z, z ~ N(0, I) except at the last step:
+    `denoise` over every timestep T-1..0 with variance "beta" and z drawn on x's device from `generator`.
     clip_x0 = (lo, hi) clamps x0_hat to the data range first (an option outside the spec: the reference
     DDPM code's clip_denoised, against speckle in the background).
     """
     x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)
     frames: list[torch.Tensor] = []
     kept = set(kept_timesteps(schedule.num_timesteps, keep_every))
-    for i in reversed(range(schedule.num_timesteps)):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        ab = schedule.alpha_bars[i]
-        x0_hat = predict_x0(x, eps_fn(x, t), ab)
-        if clip_x0 is not None:
-            x0_hat = x0_hat.clamp(*clip_x0)
-        x = posterior_mean(x, x0_hat, ab, schedule.alpha_bar_prev(i))
-        if i > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + schedule.betas[i].sqrt() * z
-        if i in kept:
+
+    def predict(x: torch.Tensor, t: int) -> torch.Tensor:
+        return eps_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def keep(k: int, t: int, t_next: int, x: torch.Tensor) -> None:
+        if t in kept:
             frames.append(x.detach().cpu())
+
+    x = denoise(predict, schedule, x, range(schedule.num_timesteps - 1, -1, -1), noise, "beta", clip_x0,
+                on_step=keep)
     return x, frames
 
 

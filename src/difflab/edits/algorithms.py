@@ -10,14 +10,14 @@ the same result on any device. Every formula is the one in `difflab.ddpm`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA, PART_A_SEED
-from difflab.ddpm import add_noise, learned_range_variance, posterior_mean, posterior_variance, predict_x0
-from difflab.edits.backend import Backend, NoiseEstimate, num_timesteps
+from difflab.ddpm import AfterStep, DDPMSchedule, add_noise, denoise, predict_x0
+from difflab.edits.backend import Backend, num_timesteps
 from difflab.edits.guidance import (EstimateFn, anagram_estimate, conditional, get_view, guided,
                                     hybrid_estimate)
 from difflab.edits.timesteps import (FORWARD_TIMESTEPS, SDEDIT_I_STARTS, check_i_start, check_timestep,
@@ -25,8 +25,6 @@ from difflab.edits.timesteps import (FORWARD_TIMESTEPS, SDEDIT_I_STARTS, check_i
 
 SEED = PART_A_SEED
 Condition = str | torch.Tensor
-AfterStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""after_step(x, alpha_bar_next) -> x, applied after each update (inpainting's projection)."""
 
 
 @dataclass
@@ -62,49 +60,41 @@ def estimator(backend: Backend, cond: Condition | None, gamma: float | None) -> 
     return conditional(backend, c) if gamma is None else guided(backend, c, gamma)
 
 
-def step_variance(est: NoiseEstimate, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:
-    """The model's learned-range variance where it has one, else the DDPM posterior variance."""
-    if est.variance is not None:
-        return learned_range_variance(est.variance, alpha_bar, alpha_bar_prev)
-    return posterior_variance(alpha_bar, alpha_bar_prev)
-
-
 def _to(backend: Backend, x: torch.Tensor) -> torch.Tensor:
     return x.to(device=backend.device, dtype=torch.float32)
+
+
+def schedule_of(backend: Backend) -> DDPMSchedule:
+    """The backend's alpha_bar schedule as a DDPMSchedule (on its device), for `ddpm.denoise`."""
+    return DDPMSchedule.from_alpha_bars(backend.alphas_cumprod).to(backend.device)
 
 
 @torch.no_grad()
 def iterative_denoise(backend: Backend, x_t: torch.Tensor, estimate: EstimateFn, timesteps: Sequence[int],
                       i_start: int = 0, gen: torch.Generator | None = None, keep_every: int = 5,
                       after_step: AfterStep | None = None) -> DenoiseResult:
-    """The A.3 update from timesteps[i_start] down to the clean image.
+    """The A.3 update from timesteps[i_start] down to the clean image: `ddpm.denoise`, the same loop as
+    Part B's Algorithm B.2, over the strided timesteps.
 
     Each step goes t -> t' (the next strided timestep) with posterior_mean(x_t, x0_hat)
-    plus noise of the step's variance; from the last timestep it goes to the clean
-    image (alpha_bar' = 1) without noise, as Algorithm B.2 and diffusers do.
+    plus noise of the step's variance (the model's learned range where it has one, else the
+    posterior variance); from the last timestep it goes to the clean image (alpha_bar' = 1)
+    without noise, as Algorithm B.2 and diffusers do. Noise is drawn on the CPU from `gen`.
     """
     i_start = check_i_start(i_start, timesteps)
     gen = gen or generator()
-    ac = backend.alphas_cumprod
+    T = num_timesteps(backend)
+    ts = [check_timestep(t, T) for t in timesteps[i_start:]]
     x = _to(backend, x_t)
-    frames, frame_steps = [x.cpu()], [int(timesteps[i_start])]
-    for i in range(i_start, len(timesteps)):
-        t = int(check_timestep(timesteps[i], len(ac)))
-        last = i + 1 == len(timesteps)
-        ab = ac[t].to(x.device)
-        ab_prev = torch.ones_like(ab) if last else ac[int(timesteps[i + 1])].to(x.device)
-        est = estimate(x, t)
-        x0_hat = predict_x0(x, est.eps, ab)
-        x = posterior_mean(x, x0_hat, ab, ab_prev)
-        if not last:
-            z = randn(x.shape, gen).to(x.device)
-            x = x + step_variance(est, ab, ab_prev).sqrt() * z
-        if after_step is not None:
-            x = after_step(x, ab_prev)
-        done = i + 1 - i_start
-        if last or (keep_every and done % keep_every == 0):
+    frames, frame_steps = [x.cpu()], [ts[0]]
+
+    def keep(k: int, t: int, t_next: int, x: torch.Tensor) -> None:
+        if t_next < 0 or (keep_every and (k + 1) % keep_every == 0):
             frames.append(x.cpu())
-            frame_steps.append(-1 if last else int(timesteps[i + 1]))
+            frame_steps.append(t_next)
+
+    x = denoise(estimate, schedule_of(backend), x, ts, noise=lambda x: randn(x.shape, gen).to(x.device),
+                variance="posterior", after_step=after_step, on_step=keep)
     image = x.cpu().clamp(*backend.value_range)
     return DenoiseResult(image=image, frames=frames, frame_steps=frame_steps, start=frames[0])
 

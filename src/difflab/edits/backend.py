@@ -9,22 +9,18 @@ and concatenate them without knowing what they hold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from difflab.ddpm import NoiseEstimate
+
+
+__all__ = ["Backend", "BackendUnavailable", "NoiseEstimate", "num_timesteps"]
+
 
 class BackendUnavailable(RuntimeError):
     """A backend's weights cannot be had here; the message says how to get them."""
-
-
-@dataclass
-class NoiseEstimate:
-    """eps for x_t and, for models that learn it, the raw variance output v in [-1, 1] (learned range)."""
-
-    eps: torch.Tensor
-    variance: torch.Tensor | None = None
 
 
 @runtime_checkable

@@ -67,8 +67,6 @@ def compare(config: CompareConfig | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
+    from flows.script import run_command
 
-    from difflab.cli import main
-
-    raise SystemExit(main(["compare", *sys.argv[1:]]))
+    raise SystemExit(run_command("compare"))

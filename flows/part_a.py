@@ -43,8 +43,6 @@ def mnist_model(config: PartAConfig) -> tuple[str, str | None] | None:
 
 
 if __name__ == "__main__":
-    import sys
+    from flows.script import run_command
 
-    from difflab.cli import main
-
-    raise SystemExit(main(["part-a", *sys.argv[1:]]))
+    raise SystemExit(run_command("part-a"))

@@ -92,8 +92,6 @@ def train_class_ddpm_flow(config: PartBConfig | None = None) -> StageRef:
 
 
 if __name__ == "__main__":
-    import sys
+    from flows.script import run_command
 
-    from difflab.cli import main
-
-    raise SystemExit(main(["part-b", *sys.argv[1:]]))
+    raise SystemExit(run_command("part-b"))

@@ -44,8 +44,6 @@ def _report(run_id: str, config: PipelineConfig) -> str | None:
 
 
 if __name__ == "__main__":
-    import sys
+    from flows.script import run_command
 
-    from difflab.cli import main
-
-    raise SystemExit(main(["pipeline", *sys.argv[1:]]))
+    raise SystemExit(run_command("pipeline"))

@@ -25,40 +25,46 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import urllib.error
-from typing import Callable
+from typing import Callable, Mapping
 
 from difflab.procs import alive, hostname
+from ops.supervision import http_json, prefect_healthy
 
 ACTIVE_STATES = ["RUNNING", "PENDING", "CANCELLING"]
 
 
 def _prefect_answers(api: str) -> bool:
-    from ops.stack import prefect_healthy
-
     return bool(api) and prefect_healthy(api)
 
 
-def crash_flow_run(api: str, flow_run_id: str, reason: str) -> bool:
-    """Set one flow run CRASHED over Prefect's REST API if it is still active; True when changed."""
-    from ops.stack import http_json
+def crash_flow_runs(reasons: Mapping[str, str], api: str | None = None) -> list[str]:
+    """Set these Prefect flow runs CRASHED (message "difflab: <reason>") if they are still RUNNING, PENDING
+    or CANCELLING; returns the ids changed. `api`: the Prefect API URL (None: the one Prefect's settings
+    give, e.g. the flow run's own server). Does nothing, quietly, when no Prefect API answers.
 
-    base = api.rstrip("/")
+    The one place flow runs are crashed: the run doctor below, and (through `tracking.set_flow_run_crasher`,
+    registered by the `flows` package) the doctor that runs whenever a flow opens a new top-level run."""
+    changed: list[str] = []
     try:
-        fr = http_json("GET", f"{base}/flow_runs/{flow_run_id}")
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
-    if not fr or fr.get("state_type") not in ACTIVE_STATES:
-        return False
-    http_json("POST", f"{base}/flow_runs/{flow_run_id}/set_state",
-              {"state": {"type": "CRASHED", "name": "Crashed", "message": f"difflab: {reason}"}, "force": True})
-    return True
+        from prefect.client.orchestration import SyncPrefectClient, get_client
+        from prefect.states import Crashed
+
+        with (SyncPrefectClient(api) if api else get_client(sync_client=True)) as client:
+            for flow_run_id, reason in reasons.items():
+                try:
+                    fr = client.read_flow_run(flow_run_id)
+                except Exception:  # noqa: BLE001 - another server's run, or deleted
+                    continue
+                if fr.state is not None and fr.state.type.value in ACTIVE_STATES:
+                    client.set_flow_run_state(flow_run_id, Crashed(message=f"difflab: {reason}"), force=True)
+                    changed.append(flow_run_id)
+    except Exception:  # noqa: BLE001 - Prefect unreachable: the MLflow side is still fixed
+        return changed
+    return changed
 
 
 def dead_worker_flow_runs(api: str) -> dict[str, str]:
     """Active flow runs a process worker on this host started whose process is gone: {id: reason}."""
-    from ops.stack import http_json
-
     base = api.rstrip("/")
     runs = http_json("POST", f"{base}/flow_runs/filter",
                      {"flow_runs": {"state": {"type": {"any_": ACTIVE_STATES}}}, "limit": 200}) or []
@@ -96,13 +102,14 @@ def doctor(tracking_uri: str | None = None, prefect_api_url: str | None = None, 
     if _prefect_answers(api):
         reasons = {r["flow_run_id"]: r["reason"] for r in runs if r.get("flow_run_id")}
         reasons.update(dead_worker_flow_runs(api))
-        for flow_run_id, reason in reasons.items():
-            if dry_run:
+        if dry_run:
+            for flow_run_id, reason in reasons.items():
                 out(f"Prefect flow run {flow_run_id}: would set CRASHED: {reason}")
-                crashed.append(flow_run_id)
-            elif crash_flow_run(api, flow_run_id, reason):
-                out(f"Prefect flow run {flow_run_id}: set CRASHED: {reason}")
-                crashed.append(flow_run_id)
+            crashed = list(reasons)
+        else:
+            crashed = crash_flow_runs(reasons, api)
+            for flow_run_id in crashed:
+                out(f"Prefect flow run {flow_run_id}: set CRASHED: {reasons[flow_run_id]}")
     elif api:
         out(f"Prefect API {api} does not answer: flow runs left as they are")
     else:

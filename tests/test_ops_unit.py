@@ -259,9 +259,11 @@ def test_workers_only_honours_the_standard_variables_of_stack_env(tmp_path, monk
 
 def test_status_names_offline_workers_apart_from_online_ones(tmp_path, monkeypatch):
     workers = [{"name": "box-a-w1", "status": "ONLINE"}, {"name": "box-b-w1", "status": "OFFLINE"}]
-    monkeypatch.setattr(stackmod, "http_json", lambda method, url, body=None, timeout=10.0: workers)
-    monkeypatch.setattr(stackmod, "prefect_healthy", lambda api: True)
-    monkeypatch.setattr(stackmod, "mlflow_healthy", lambda uri: True)
+    from ops import services, supervision
+
+    monkeypatch.setattr(supervision, "http_json", lambda method, url, body=None, timeout=10.0: workers)
+    monkeypatch.setattr(services, "prefect_healthy", lambda api: True)
+    monkeypatch.setattr(services, "mlflow_healthy", lambda uri: True)
     st = stackmod.Stack(tmp_path)
     st.state = {"root": str(ROOT), "pool": "difflab", "prefect_api_url": "http://x/api", "tracking_uri": "http://y",
                 "workers_only": False, "services": []}
@@ -316,6 +318,25 @@ def test_a_killed_run_is_failed_when_the_next_flow_run_starts(mlflow_store):
         assert "is gone" in run.data.tags[tracking.ERROR_TAG]
         assert tracking.find_dead_runs() == []  # this live process's own run is not touched
     assert tracking.get_run(alive_run).info.status == "FINISHED"
+
+
+def test_the_flow_start_doctor_crashes_flow_runs_through_the_hook_the_flows_register(mlflow_store, monkeypatch):
+    """The library crashes Prefect flow runs only through `tracking.set_flow_run_crasher`; the flows package
+    hands it ops/runs.py's one implementation."""
+    from mlflow.tracking import MlflowClient
+
+    import flows  # noqa: F401 - registers the hook
+    from difflab import tracking
+    from ops.runs import crash_flow_runs
+
+    assert tracking._flow_run_crasher is crash_flow_runs
+    seen: dict[str, str] = {}
+    monkeypatch.setattr(tracking, "_flow_run_crasher", lambda reasons: seen.update(reasons) or list(reasons))
+    victim = _killed_run()
+    MlflowClient().set_tag(victim, tracking.PREFECT_FLOW_RUN_TAG, "flow-run-1")
+    dead = tracking.reap_dead_runs()
+    assert list(seen) == ["flow-run-1"] and "is gone" in seen["flow-run-1"]
+    assert [(d["run_id"], d["flow_run_crashed"]) for d in dead] == [(victim, True)]
 
 
 def test_other_hosts_runs_are_left_alone_unless_stale(mlflow_store):
@@ -441,10 +462,12 @@ def test_docker_work_pool_variant_runs_the_image_on_the_compose_network():
 
 
 def test_serve_registers_only_the_stacks_pool_unless_named(tmp_path, monkeypatch):
+    from ops import services
+
     calls = []
-    monkeypatch.setattr(stackmod, "_run_cli", lambda cmd, env, timeout, cwd=None: calls.append(cmd) or
+    monkeypatch.setattr(services, "_run_cli", lambda cmd, env, timeout, cwd=None: calls.append(cmd) or
                         subprocess.CompletedProcess(cmd, 0, "", ""))
-    monkeypatch.setattr(stackmod, "_bin", lambda name: name)
+    monkeypatch.setattr(services, "_bin", lambda name: name)
     s = stackmod.Settings(state_dir=tmp_path, project_dir=ROOT).resolved()
     lines: list[str] = []
     labels = stackmod.deploy(s, {}, out=lines.append)

@@ -7,6 +7,10 @@ the second kind, so a missing folder or a bad value fails once, not once per ret
 from __future__ import annotations
 
 
+class TrackingUnreachable(RuntimeError):
+    """The tracking server does not answer; the message names the URI and what to do (raised by `tracking`)."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message names the problem and the fix: a retry cannot succeed."""
     from pydantic import ValidationError
@@ -15,13 +19,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from difflab.files import DiskFullError
 
     types: list[type[BaseException]] = [FileNotFoundError, ValueError, DataSourceError, ValidationError,
-                                        DiskFullError]
-    try:
-        from difflab.tracking import TrackingUnreachable
-
-        types.append(TrackingUnreachable)
-    except ImportError:
-        pass
+                                        DiskFullError, TrackingUnreachable]
     try:
         from difflab.edits.backend import BackendUnavailable
 

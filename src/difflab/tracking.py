@@ -15,13 +15,14 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from difflab.config import TrackingConfig
+from difflab.errors import TrackingUnreachable  # noqa: F401 - raised here, re-exported
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlruns"
@@ -50,10 +51,6 @@ def tracking_uri(cfg: TrackingConfig | None = None) -> str:
 
 HEALTHY_AUTH_CODES = (401, 403)
 """Answers of an MLflow server behind authentication to an anonymous /health probe."""
-
-
-class TrackingUnreachable(RuntimeError):
-    """The tracking server does not answer; the message names the URI and what to do."""
 
 
 def configure(cfg: TrackingConfig | None = None) -> str:
@@ -273,33 +270,23 @@ def reap_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float 
     for d in dead:
         mark_failed(d["run_id"], d["reason"])
     flow_runs = {d["flow_run_id"]: d["reason"] for d in dead if d["flow_run_id"]}
-    if crash_flow_runs and flow_runs:
-        crashed = crash_prefect_flow_runs(flow_runs)
+    if crash_flow_runs and flow_runs and _flow_run_crasher is not None:
+        crashed = _flow_run_crasher(flow_runs)
         for d in dead:
             d["flow_run_crashed"] = d["flow_run_id"] in crashed
     return dead
 
 
-def crash_prefect_flow_runs(reasons: Mapping[str, str]) -> list[str]:
-    """Set these Prefect flow runs CRASHED (with the reason as message) if they are still RUNNING or
-    PENDING; returns those changed. Does nothing, quietly, when no Prefect API answers."""
-    changed: list[str] = []
-    try:
-        from prefect.client.orchestration import get_client
-        from prefect.states import Crashed
+FlowRunCrasher = Callable[[Mapping[str, str]], list[str]]
+"""crash({flow_run_id: reason}) -> the ids set CRASHED."""
+_flow_run_crasher: FlowRunCrasher | None = None
 
-        with get_client(sync_client=True) as client:
-            for flow_run_id, reason in reasons.items():
-                try:
-                    fr = client.read_flow_run(flow_run_id)
-                except Exception:  # noqa: BLE001 - another server's run, or deleted
-                    continue
-                if fr.state is not None and fr.state.type.value in ("RUNNING", "PENDING", "CANCELLING"):
-                    client.set_flow_run_state(flow_run_id, Crashed(message=f"difflab: {reason}"), force=True)
-                    changed.append(flow_run_id)
-    except Exception:  # noqa: BLE001 - Prefect unreachable: the MLflow side is still fixed
-        return changed
-    return changed
+
+def set_flow_run_crasher(crash: FlowRunCrasher | None) -> None:
+    """The hook through which the run doctor crashes Prefect flow runs: `ops.runs.crash_flow_runs`, registered
+    by the `flows` package, so this library never imports ops. Unset, only the MLflow side is fixed."""
+    global _flow_run_crasher
+    _flow_run_crasher = crash
 
 
 def _reap_quietly(experiment: str) -> None:

@@ -1,0 +1,138 @@
+"""The arrows between the project's modules, read from their source with `ast` (nothing is imported).
+
+Every import counts, also one inside a function: a lazy import is still an arrow.
+Rules (docs/architecture.md): no cycles; the library (src/difflab) never imports flows, tasks or ops,
+except the CLI that starts them; nothing imports the CLI; only `tracking` and the CLI import MLflow or
+Prefect in the library; `errors` is below `tracking`; ops/runs.py and ops/stack.py do not import each other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"difflab": ROOT / "src" / "difflab", "flows": ROOT / "flows", "tasks": ROOT / "tasks",
+            "ops": ROOT / "ops"}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for pkg, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = (pkg, *path.relative_to(folder).with_suffix("").parts)
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imported_names(name: str, path: Path) -> set[str]:
+    """Every dotted name an import statement in the file names (relative imports resolved)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def _project_module(dotted: str) -> str | None:
+    while dotted and dotted not in MODULES:
+        dotted = dotted.rpartition(".")[0]
+    return dotted or None
+
+
+IMPORTS = {m: _imported_names(m, p) for m, p in MODULES.items()}
+EDGES = {m: {t for n in names if (t := _project_module(n)) and t != m} for m, names in IMPORTS.items()}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_is_read_from_every_package():
+    assert {"difflab.ddpm", "difflab.cli", "flows.part_b", "tasks.training", "ops.runs", "ops.stack"} <= set(MODULES)
+    assert "difflab.ddpm" in EDGES["difflab.sampling"] and "flows.part_b" in EDGES["flows.pipeline"]
+
+
+def test_no_import_cycle_among_project_modules():
+    assert _cycles(EDGES) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("difflab") and m != "difflab.cli"))
+def test_the_library_does_not_import_flows_tasks_or_ops(module):
+    upward = {t for t in EDGES[module] if t.split(".")[0] in ("flows", "tasks", "ops")}
+    assert not upward, f"{module} imports {sorted(upward)}"
+
+
+def test_nothing_in_the_project_imports_the_cli():
+    assert sorted(m for m, targets in EDGES.items() if "difflab.cli" in targets) == []
+
+
+def test_only_tracking_and_the_cli_import_mlflow_or_prefect_in_the_library():
+    offenders = {m for m, names in IMPORTS.items() if m.startswith("difflab") and m not in ("difflab.tracking", "difflab.cli")
+                 and any(n.split(".")[0] in ("mlflow", "prefect") for n in names)}
+    assert offenders == set()
+
+
+def test_layer_arrows_named_in_the_design():
+    assert "difflab.tracking" not in EDGES["difflab.errors"]
+    assert "ops.stack" not in EDGES["ops.runs"] and "ops.runs" not in EDGES["ops.stack"]
+    assert not {t for m in MODULES if m.startswith("tasks") for t in EDGES[m] if t.startswith("flows")}
+
+
+def test_a_flow_file_run_as_a_script_is_the_cli_command():
+    """`python flows/part_b.py ARGS` is `difflab part-b ARGS` without the flow importing the CLI."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    res = subprocess.run([sys.executable, str(ROOT / "flows" / "part_b.py"), "--profile", "tiny", "--print-config"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["profile"] == "tiny"  # `difflab part-b`'s own option, parsed by the CLI

@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import tracking, viz
+from difflab import provenance, tracking, viz
 from difflab.config import PartBConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
 from difflab.locks import file_lock
@@ -27,8 +27,6 @@ from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
 from tasks.retry import retry_if_transient
 
-TRAINING_MODULES = ("config.py", "data.py", "unet.py", "ddpm.py", "train.py", "sampling.py", "stages.py",
-                    "fastpath.py")
 RUN_FILE = "run.json"
 """Beside a stage's checkpoints: the MLflow run that is training into them, for resumes to point at."""
 
@@ -38,8 +36,10 @@ def checkpoint_root() -> Path:
 
 
 def stage_cache_key(cfg: PartBConfig, stage: Stage, data: DataRef) -> str:
-    return tracking.cache_key(stage.key, stage.config(cfg).model_dump(), data.checksum, cfg.seed,
-                              tracking.code_version(TRAINING_MODULES))
+    """The stage, its config, the data, the seed and a hash of the whole library package: a module added
+    or changed anywhere under src/difflab means training again, never reusing a run of other code."""
+    return provenance.cache_key(stage.key, stage.config(cfg).model_dump(), data.checksum, cfg.seed,
+                                provenance.package_hash())
 
 
 @task(name="train-stage", task_run_name="train-{stage}", retries=1, retry_delay_seconds=5,
@@ -89,7 +89,7 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
     schedule = st.schedule(scfg)
     schedule = schedule.to(device) if schedule is not None else None
     tags = {tracking.STAGE_TAG: st.name, tracking.CACHE_KEY_TAG: key, "device": device_name(device),
-            "git_commit": tracking.git_commit(), "data_source": data.source, "data_checksum": data.checksum,
+            "git_commit": provenance.git_commit(), "data_source": data.source, "data_checksum": data.checksum,
             "profile": cfg.profile, **resumed_from}
 
     with tracking.run(st.name, cfg.tracking.experiment, parent_run_id, tags) as run_id:

@@ -9,10 +9,7 @@ Default store: sqlite:///mlflow.db with artifacts under ./mlruns; MLFLOW_TRACKIN
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -23,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from difflab.config import TrackingConfig
 from difflab.errors import TrackingUnreachable  # noqa: F401 - raised here, re-exported
+from difflab.provenance import cache_key, code_version, git_commit  # noqa: F401 - re-exported
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlruns"
@@ -513,33 +511,6 @@ def ui_hint() -> str:
     if uri.startswith("http"):
         return f"open {uri}/#/experiments?{UI_MODEL_TRAINING} to browse runs"
     return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/#/experiments?{UI_MODEL_TRAINING}"
-
-
-def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def code_version(modules: Sequence[str] | None = None) -> str:
-    """A hash of library source files (all, or the named ones): a stage is retrained when its code changes."""
-    h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parent
-    paths = [pkg / m for m in modules] if modules else sorted(pkg.rglob("*.py"))
-    for path in paths:
-        h.update(path.relative_to(pkg).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def cache_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _now_ms() -> int:

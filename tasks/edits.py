@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from difflab import edits, tracking, viz
+from difflab import edits, names, tracking, viz
 from difflab.config import PartAConfig, workdir
 from difflab.edits.guidance import VIEWS
 from difflab.edits.timesteps import REFERENCE_T, cap_steps, scale_timestep, strided_timesteps
@@ -55,7 +55,7 @@ def find_mnist_model(cfg: PartAConfig) -> tuple[str, str | None] | None:
         run_id = version.run_id if version is not None else None
     if run_id is None:
         return None
-    path = tracking.download(run_id, "checkpoints/final.pt", inputs_dir() / "models" / run_id)
+    path = tracking.download(run_id, names.FINAL_CHECKPOINT, inputs_dir() / "models" / run_id)
     return str(path), run_id
 
 
@@ -126,7 +126,7 @@ def _stage2(cfg: PartAConfig, b, images: torch.Tensor, conds: list, name: str) -
         return
     prompts = [c if c else b.default_condition for c in conds]
     big = b.upsample(images, prompts, seed=cfg.seed)
-    tracking.log_image(viz.grid(big, nrow=min(len(big), 6), value_range=b.value_range), f"{name}_stage2")
+    tracking.log_image(viz.grid(big, nrow=min(len(big), 6), value_range=b.value_range), names.stage2(name))
 
 
 def _grid_rows(backend, rows, row_labels, col_labels, title):
@@ -137,9 +137,9 @@ def _section_sample_steps(cfg, b, image):
     out = edits.sample_at_steps(b, cfg.prompts, cfg.num_inference_steps, cfg.guidance, cfg.seed)
     tracking.log_image(_grid_rows(b, [out[n] for n in cfg.num_inference_steps],
                                   [f"{n} steps" for n in cfg.num_inference_steps], cfg.prompts,
-                                  f"samples, guidance {cfg.guidance}"), "sample_steps")
+                                  f"samples, guidance {cfg.guidance}"), names.SAMPLE_STEPS)
     for n in cfg.num_inference_steps:
-        _stage2(cfg, b, out[n], cfg.prompts, f"sample_steps_{n}")
+        _stage2(cfg, b, out[n], cfg.prompts, f"{names.SAMPLE_STEPS}_{n}")
     return {"num_inference_steps": cfg.num_inference_steps, "prompts": cfg.prompts}
 
 
@@ -153,7 +153,7 @@ def _section_denoise(cfg, b, image):
     labels = [f"t={t}" for t in noisy]
     tracking.log_image(_grid_rows(b, [stacked, blurred, torch.cat(list(one.values()))],
                                   ["forward x_t", "best Gaussian blur", "one-step"], labels,
-                                  "forward process, classical and one-step denoising"), "forward_blur_one_step")
+                                  "forward process, classical and one-step denoising"), names.FORWARD_BLUR_ONE_STEP)
     res = edits.denoise_noisy_image(b, image, cfg.i_start, seed=cfg.seed, keep_every=cfg.show_every,
                                     stride=cfg.stride)
     schedule = strided_timesteps(T, reference_stride=cfg.stride)
@@ -163,13 +163,13 @@ def _section_denoise(cfg, b, image):
     tracking.log_image(_grid_rows(b, [torch.cat(res.frames)], ["iterative"],
                                   [f"t={t}" if t >= 0 else "clean" for t in res.frame_steps],
                                   f"iterative denoising from i_start={cfg.i_start} (every {cfg.show_every}th step)"),
-                       "iterative_steps")
+                       names.ITERATIVE_STEPS)
     tracking.log_image(_grid_rows(b, [torch.cat([image, res.start, res.image, one_start, blur_start])], None,
                                   ["original", f"noisy t={t_start}", "iterative", "one-step",
-                                   f"blur sigma={blur_sigma[0]}"], "denoising compared"), "denoise_compared")
+                                   f"blur sigma={blur_sigma[0]}"], "denoising compared"), names.DENOISE_COMPARED)
     mse = lambda x: float(((x - image) ** 2).mean())  # noqa: E731
-    tracking.log_metrics({"mse_iterative": mse(res.image), "mse_one_step": mse(one_start),
-                          "mse_blur": mse(blur_start)})
+    tracking.log_metrics({names.MSE_ITERATIVE: mse(res.image), names.MSE_ONE_STEP: mse(one_start),
+                          names.MSE_BLUR: mse(blur_start)})
     return {"forward_timesteps": list(noisy), "blur_sigmas": sigmas, "i_start": cfg.i_start, "t_start": t_start,
             "strided_timesteps": schedule, "stride": cfg.stride, "show_every": cfg.show_every}
 
@@ -177,8 +177,8 @@ def _section_denoise(cfg, b, image):
 def _section_sample(cfg, b, image):
     res = edits.sample(b, None, cfg.num_samples, gamma=None, seed=cfg.seed, stride=cfg.stride)
     tracking.log_image(viz.grid(res.image, nrow=cfg.num_samples, value_range=b.value_range, scale=4),
-                       "samples_unguided")
-    _stage2(cfg, b, res.image, [None] * len(res.image), "samples_unguided")
+                       names.SAMPLES_UNGUIDED)
+    _stage2(cfg, b, res.image, [None] * len(res.image), names.SAMPLES_UNGUIDED)
     return {"num_samples": cfg.num_samples, "guidance": None}
 
 
@@ -186,8 +186,8 @@ def _section_cfg(cfg, b, image):
     rows = [edits.sample(b, c, cfg.num_samples, gamma=cfg.guidance, seed=cfg.seed, stride=cfg.stride).image
             for c in cfg.cfg_conditions]
     tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.cfg_conditions], None,
-                                  f"classifier-free guidance, gamma={cfg.guidance}"), "samples_cfg")
-    _stage2(cfg, b, torch.cat(rows), [c for c in cfg.cfg_conditions for _ in range(cfg.num_samples)], "samples_cfg")
+                                  f"classifier-free guidance, gamma={cfg.guidance}"), names.SAMPLES_CFG)
+    _stage2(cfg, b, torch.cat(rows), [c for c in cfg.cfg_conditions for _ in range(cfg.num_samples)], names.SAMPLES_CFG)
     return {"conditions": cfg.cfg_conditions, "guidance": cfg.guidance, "num_samples": cfg.num_samples}
 
 
@@ -201,12 +201,12 @@ def _sdedit_rows(cfg, b, images, cond):
 
 def _section_sdedit(cfg, b, image):
     images = [image] + [edits.load_image(p, b.image_shape, b.value_range) for p in cfg.user_images]
-    names = ["test image"] + [Path(p).stem for p in cfg.user_images]
+    row_names = ["test image"] + [Path(p).stem for p in cfg.user_images]
     cols = [f"i_start={i}" for i in cfg.sdedit_i_starts] + ["original"]
     rows = _sdedit_rows(cfg, b, images, None)
-    tracking.log_image(_grid_rows(b, rows, names, cols, f"SDEdit, guidance {cfg.guidance}"), "sdedit")
-    for name, row in zip(names, rows):
-        _stage2(cfg, b, row[:-1], [None] * (len(row) - 1), f"sdedit_{Path(name).stem.replace(' ', '_')}")
+    tracking.log_image(_grid_rows(b, rows, row_names, cols, f"SDEdit, guidance {cfg.guidance}"), names.SDEDIT)
+    for name, row in zip(row_names, rows):
+        _stage2(cfg, b, row[:-1], [None] * (len(row) - 1), f"{names.SDEDIT}_{Path(name).stem.replace(' ', '_')}")
     return {"i_starts": cfg.sdedit_i_starts, "user_images": cfg.user_images}
 
 
@@ -214,9 +214,9 @@ def _section_i2i(cfg, b, image):
     cols = [f"i_start={i}" for i in cfg.sdedit_i_starts] + ["original"]
     rows = [_sdedit_rows(cfg, b, [image], c)[0] for c in cfg.i2i_conditions]
     tracking.log_image(_grid_rows(b, rows, [repr(c) for c in cfg.i2i_conditions], cols,
-                                  "text-conditional image-to-image"), "image_to_image")
+                                  "text-conditional image-to-image"), names.IMAGE_TO_IMAGE)
     for i, (cond, row) in enumerate(zip(cfg.i2i_conditions, rows)):
-        _stage2(cfg, b, row[:-1], [cond] * (len(row) - 1), f"image_to_image_{i}")
+        _stage2(cfg, b, row[:-1], [cond] * (len(row) - 1), f"{names.IMAGE_TO_IMAGE}_{i}")
     return {"conditions": cfg.i2i_conditions, "i_starts": cfg.sdedit_i_starts}
 
 
@@ -231,10 +231,10 @@ def _section_inpaint(cfg, b, image):
     lo = b.value_range[0]
     shown_mask = mask.expand_as(image) * (b.value_range[1] - lo) + lo
     tracking.log_image(_grid_rows(b, [torch.cat([image, shown_mask, image * (1 - mask) + lo * mask, res.image])],
-                                  None, ["original", "mask", "kept", "inpainted"], "inpainting"), "inpaint")
-    _stage2(cfg, b, res.image, [None], "inpaint")
+                                  None, ["original", "mask", "kept", "inpainted"], "inpainting"), names.INPAINT)
+    _stage2(cfg, b, res.image, [None], names.INPAINT)
     outside = float(((res.image - image).abs() * (1 - mask)).max())
-    tracking.log_metrics({"unmasked_max_abs_change": outside})
+    tracking.log_metrics({names.UNMASKED_MAX_ABS_CHANGE: outside})
     return {"mask": cfg.inpaint_mask or cfg.inpaint_rect.model_dump()}
 
 
@@ -244,8 +244,8 @@ def _section_anagram(cfg, b, image):
         viewed = VIEWS[spec.view][0](res.image)
         tracking.log_image(_grid_rows(b, [torch.cat([res.image, viewed])], None,
                                       [repr(spec.first), f"{spec.view}: {spec.second!r}"], "visual anagram"),
-                           f"anagram_{i}")
-        _stage2(cfg, b, res.image, [spec.first], f"anagram_{i}")
+                           names.anagram(i))
+        _stage2(cfg, b, res.image, [spec.first], names.anagram(i))
     return {"anagrams": [s.model_dump() for s in cfg.anagrams]}
 
 
@@ -256,9 +256,9 @@ def _section_hybrid(cfg, b, image):
         h, w = res.image.shape[-2:]
         f = cfg.hybrid_small_factor
         small = torch.nn.functional.interpolate(res.image, size=(h // f, w // f), mode="area")
-        tracking.log_image(viz.grid(res.image, value_range=b.value_range, scale=4), f"hybrid_{i}_full")
-        tracking.log_image(viz.grid(small, value_range=b.value_range), f"hybrid_{i}_small")
-        _stage2(cfg, b, res.image, [spec.low], f"hybrid_{i}")
+        tracking.log_image(viz.grid(res.image, value_range=b.value_range, scale=4), names.hybrid(i, "full"))
+        tracking.log_image(viz.grid(small, value_range=b.value_range), names.hybrid(i, "small"))
+        _stage2(cfg, b, res.image, [spec.low], f"{names.HYBRID_PREFIX}{i}")
     return {"hybrids": [s.model_dump() for s in cfg.hybrids], "kernel_size": cfg.hybrid_kernel_size,
             "sigma": cfg.hybrid_sigma, "small_factor": cfg.hybrid_small_factor}
 

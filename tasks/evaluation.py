@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import stages, tracking
+from difflab import names, stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
 from difflab.files import CorruptFileError, set_aside
@@ -58,8 +58,8 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
         tracking.log_params({**{f"judge.{k}": v for k, v in ev.judge.model_dump().items()},
                              "num_samples": ev.num_samples, "judge.cached": cached})
         acc_noisy = judge_accuracy_corrupted(judge, mnist.test_images, mnist.test_labels)
-        tracking.log_metrics({"judge.heldout_accuracy": acc, "judge.heldout_accuracy_noisy": acc_noisy})
-        tracking.log_file(judge_path, "judge")
+        tracking.log_metrics({names.JUDGE_HELDOUT_ACCURACY: acc, names.JUDGE_HELDOUT_ACCURACY_NOISY: acc_noisy})
+        tracking.log_file(judge_path, names.JUDGE_DIR)
         headline = {"judge_accuracy": acc, "judge_accuracy_noisy": acc_noisy}
         for key, ref in refs.items():
             st = stages.STAGES[key]
@@ -71,7 +71,7 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
                 tracking.log_dict(table, name)
             for name, image in result.figures.items():
                 tracking.log_image(image, name)
-        tracking.log_metrics({"eval_seconds": time.perf_counter() - started})
-        tracking.log_text(json.dumps(headline, indent=2), "headline.json")
+        tracking.log_metrics({names.EVAL_SECONDS: time.perf_counter() - started})
+        tracking.log_text(json.dumps(headline, indent=2), names.HEADLINE_FILE)
     get_run_logger().info("evaluation: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
     return headline

@@ -9,7 +9,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import stages, tracking, viz
+from difflab import names, stages, tracking, viz
 from difflab.config import PartBConfig
 from difflab.train import pick_device
 from tasks.refs import StageRef
@@ -30,14 +30,14 @@ def sample_stage(cfg: PartBConfig, ref: StageRef, parent_run_id: str) -> str:
         tracking.log_params({"guidance": scfg.guidance, "seed": cfg.seed, "model_run_id": ref.run_id,
                              "gif_frames": scfg.gif_frames})
         samples, nrow, title = st.samples(trained, scfg, cfg.seed)
-        tracking.log_image(viz.grid(samples.images, nrow=nrow, scale=3), "final_samples")
+        tracking.log_image(viz.grid(samples.images, nrow=nrow, scale=3), names.FINAL_SAMPLES)
         tracking.log_image(viz.trajectory_grid(samples.frames, samples.frame_timesteps, scfg.trajectory_rows,
-                                               title=f"{title}: denoising"), "trajectory")
+                                               title=f"{title}: denoising"), names.TRAJECTORY)
         with tempfile.TemporaryDirectory() as tmp:
             gif = viz.save_gif([viz.grid(f.clamp(0, 1), nrow=nrow, scale=3) for f in samples.frames],
-                               Path(tmp) / f"{st.name}_denoising.gif")
-            tracking.log_file(gif, "images")
-            tensors = Path(tmp) / "samples.pt"
+                               Path(tmp) / names.denoising_gif(st.name))
+            tracking.log_file(gif, names.IMAGES_DIR)
+            tensors = Path(tmp) / names.SAMPLES_FILE
             torch.save({"images": samples.images, "labels": samples.labels}, tensors)
-            tracking.log_file(tensors, "samples")
+            tracking.log_file(tensors, names.SAMPLES_DIR)
     return run_id

@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import provenance, tracking, viz
+from difflab import names, provenance, tracking, viz
 from difflab.config import PartBConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
 from difflab.locks import file_lock
@@ -32,7 +32,7 @@ RUN_FILE = "run.json"
 
 
 def checkpoint_root() -> Path:
-    return workdir() / "checkpoints"
+    return workdir() / names.CHECKPOINTS_DIR
 
 
 def stage_cache_key(cfg: PartBConfig, stage: Stage, data: DataRef) -> str:
@@ -64,13 +64,13 @@ def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str)
 def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_run_id: str) -> StageRef:
     """A `<stage> (reused)` run that points at the run holding the artifacts; fetch its final checkpoint."""
     old = tracking.get_run(original)
-    metrics = {k: v for k, v in old.data.metrics.items() if k in ("final_loss", "train_seconds")}
+    metrics = {k: v for k, v in old.data.metrics.items() if k in (names.FINAL_LOSS, names.TRAIN_SECONDS)}
     tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") and k != tracking.CACHE_KEY_TAG}
     with tracking.run(f"{st.name} (reused)", cfg.tracking.experiment, parent_run_id,
                       {**tags, tracking.REUSED_TAG: original}):
         tracking.log_params(old.data.params)
         tracking.log_metrics(metrics)
-    ckpt = tracking.download(original, "checkpoints/final.pt", checkpoint_root() / key / "reused")
+    ckpt = tracking.download(original, names.FINAL_CHECKPOINT, checkpoint_root() / key / "reused")
     get_run_logger().info("%s unchanged since run %s: reused (pass force=true to retrain)", st.name, original)
     return StageRef(stage=st.key, run_id=original, checkpoint=str(ckpt), metrics=metrics, reused=True)
 
@@ -106,10 +106,10 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
         progress = EpochProgress(st.name, plan.epochs)
 
         def on_epoch_end(model, res: EpochResult) -> None:
-            tracking.log_series("train_loss", res.step_losses, res.global_step - len(res.step_losses))
-            tracking.log_metrics({"epoch_loss": res.mean_loss, "lr": res.lr}, step=res.epoch)
+            tracking.log_series(names.TRAIN_LOSS, res.step_losses, res.global_step - len(res.step_losses))
+            tracking.log_metrics({names.EPOCH_LOSS: res.mean_loss, names.LR: res.lr}, step=res.epoch)
             if res.checkpoint is not None:
-                tracking.log_file(res.checkpoint, "checkpoints")
+                tracking.log_file(res.checkpoint, names.CHECKPOINTS_DIR)
             if res.epoch in plan.snapshot_epochs:
                 _log_figures(st.figures_at_epoch(model, scfg, schedule, x_test, cfg.seed, res.epoch), res.epoch)
             progress.update(res.epoch, res.mean_loss)
@@ -127,18 +127,18 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
         _log_figures(st.figures_after(result.model, scfg, x_test, cfg.seed))
         final = save_checkpoint(ckpt_dir / "final.pt", result.model, st.model_kind, st.checkpoint_extra(scfg),
                                 epoch=plan.epochs)
-        tracking.log_file(final, "checkpoints")
-        tracking.log_image(viz.loss_curve(result.losses, title=f"{st.name} training loss"), "loss_curve")
+        tracking.log_file(final, names.CHECKPOINTS_DIR)
+        tracking.log_image(viz.loss_curve(result.losses, title=f"{st.name} training loss"), names.LOSS_CURVE)
         trained_epochs = plan.epochs - result.resumed_from_epoch
         last_epoch = result.losses[-plan.steps_per_epoch:]
-        metrics = {"final_loss": sum(last_epoch) / len(last_epoch), "train_seconds": seconds,
+        metrics = {names.FINAL_LOSS: sum(last_epoch) / len(last_epoch), names.TRAIN_SECONDS: seconds,
                    "train_images_per_second": trained_epochs * len(y_train) / max(seconds, 1e-9)}
         tracking.log_metrics(metrics)
         tracking.log_params({"model.parameters": count_parameters(result.model),
                              "train_seconds.covers": f"epochs {result.resumed_from_epoch + 1}-{plan.epochs}"})
         tracking.log_model(result.model, st.registered_model(cfg.tracking.model_name_prefix)
                            if cfg.tracking.register_models else None)
-    get_run_logger().info("%s: final loss %.4f in %.0f s", st.name, metrics["final_loss"], seconds)
+    get_run_logger().info("%s: final loss %.4f in %.0f s", st.name, metrics[names.FINAL_LOSS], seconds)
     return StageRef(stage=st.key, run_id=run_id, checkpoint=str(final), metrics=metrics)
 
 
@@ -157,10 +157,10 @@ def _resume_state(ckpt_dir: Path, plan: TrainingPlan) -> dict[str, str]:
 def _log_earlier_epochs(losses: list[float], plan: TrainingPlan, resumed_from: int, ckpt_dir: Path) -> None:
     """A resumed run also carries what the interrupted one logged: per-step losses and epoch checkpoints
     (its figures stay in the run named by difflab.resumed_from_run)."""
-    tracking.log_series("train_loss", losses[: resumed_from * plan.steps_per_epoch], 0)
+    tracking.log_series(names.TRAIN_LOSS, losses[: resumed_from * plan.steps_per_epoch], 0)
     for ckpt in sorted(ckpt_dir.glob("epoch_*.pt")):
         if int(ckpt.stem.split("_")[1]) <= resumed_from:
-            tracking.log_file(ckpt, "checkpoints")
+            tracking.log_file(ckpt, names.CHECKPOINTS_DIR)
 
 
 def _log_figures(figures: dict, step: int | None = None) -> None:

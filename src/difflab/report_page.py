@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from difflab import names
+
 MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
         ".webp": "image/webp", ".svg": "image/svg+xml"}
 
@@ -165,107 +167,107 @@ PART_B = (
          "level σ. The grid shows the noising process over σ; the denoised test digits show how far one "
          "network call gets after the first and the last snapshot epoch, and the sweep shows how it copes "
          "with noise levels it was not trained on.",
-         [Fig("denoiser", "noising_grid", "Noising process", "The same test digits with z = x + σε at each σ.",
+         [Fig("denoiser", names.NOISING_GRID, "Noising process", "The same test digits with z = x + σε at each σ.",
               (("sigma_sweep", "σ"), ("num_show", "digits"), ("seed", "seed"))),
-          Fig("denoiser", "loss_curve", "Training loss", "L2 loss ‖D(z) − x‖² per optimizer step (log scale).",
+          Fig("denoiser", names.LOSS_CURVE, "Training loss", "L2 loss ‖D(z) − x‖² per optimizer step (log scale).",
               DENOISER_P, pixelated=False),
-          Fig("denoiser", "denoised_test", "Denoised test digits after the snapshot epochs",
+          Fig("denoiser", names.DENOISED_TEST, "Denoised test digits after the snapshot epochs",
               "Rows: clean, noisy at the training σ, denoised; one panel per snapshot epoch.",
               DENOISER_P + (("plan.snapshot_epochs", "snapshot epochs"),)),
-          Fig("denoiser", "ood_sigma_sweep", "Out-of-distribution noise levels",
+          Fig("denoiser", names.OOD_SIGMA_SWEEP, "Out-of-distribution noise levels",
               "The trained denoiser on noise levels it never saw: pairs of noisy and denoised rows per σ.",
               DENOISER_P + (("sigma_sweep", "σ sweep"),))],
-         [Number("final training loss (last epoch mean)", "denoiser", "final_loss"),
-          Number("training time", "denoiser", "train_seconds", "seconds")],
+         [Number("final training loss (last epoch mean)", "denoiser", names.FINAL_LOSS),
+          Number("training time", "denoiser", names.TRAIN_SECONDS, "seconds")],
          ["sigma_table"]),
     _sec("B", "b-time-ddpm", "B.2", "Time-conditioned DDPM",
          "The UNet now predicts the noise ε in x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε, with t/T fed in through "
          "fully-connected blocks; sampling runs the DDPM update from pure noise for t = T…1.",
-         [Fig("time_ddpm", "loss_curve", "Training loss", "‖ε_θ(x_t, t) − ε‖² per optimizer step (log scale).",
+         [Fig("time_ddpm", names.LOSS_CURVE, "Training loss", "‖ε_θ(x_t, t) − ε‖² per optimizer step (log scale).",
               TIME_P, pixelated=False),
-          Fig("time_ddpm", "samples", "Samples after the snapshot epochs",
+          Fig("time_ddpm", names.SNAPSHOT_SAMPLES, "Samples after the snapshot epochs",
               "Digits drawn from pure noise with the model as it was after each snapshot epoch.",
               TIME_P + (("plan.snapshot_epochs", "snapshot epochs"),)),
-          Fig("sample_time_ddpm", "final_samples", "Final samples", "Samples from the finished model.", SAMPLE_P),
-          Fig("sample_time_ddpm", "trajectory", "Denoising trajectory",
+          Fig("sample_time_ddpm", names.FINAL_SAMPLES, "Final samples", "Samples from the finished model.", SAMPLE_P),
+          Fig("sample_time_ddpm", names.TRAJECTORY, "Denoising trajectory",
               "Each row follows one sample from noise (left) to digit (right).", SAMPLE_P),
-          Fig("sample_time_ddpm", "*.gif", "Denoising, animated", "The whole grid denoising, as a GIF.", SAMPLE_P)],
-         [Number("final training loss", "time_ddpm", "final_loss"),
-          Number("training time", "time_ddpm", "train_seconds", "seconds")]),
+          Fig("sample_time_ddpm", names.GIF_PATTERN, "Denoising, animated", "The whole grid denoising, as a GIF.", SAMPLE_P)],
+         [Number("final training loss", "time_ddpm", names.FINAL_LOSS),
+          Number("training time", "time_ddpm", names.TRAIN_SECONDS, "seconds")]),
     _sec("B", "b-class-ddpm", "B.3", "Class-conditioned DDPM",
          "The digit enters as a one-hot vector (dropped with probability p_uncond so the same network is also "
          "unconditional); samples use classifier-free guidance ε = ε_u + γ(ε_c − ε_u).",
-         [Fig("class_ddpm", "loss_curve", "Training loss", "Noise-prediction loss per optimizer step (log scale).",
+         [Fig("class_ddpm", names.LOSS_CURVE, "Training loss", "Noise-prediction loss per optimizer step (log scale).",
               CLASS_P, pixelated=False),
-          Fig("class_ddpm", "samples", "Samples of every digit after the snapshot epochs",
+          Fig("class_ddpm", names.SNAPSHOT_SAMPLES, "Samples of every digit after the snapshot epochs",
               "One row per requested digit, with classifier-free guidance.",
               CLASS_P + (("samples_per_class", "per digit"), ("plan.snapshot_epochs", "snapshot epochs"))),
-          Fig("sample_class_ddpm", "final_samples", "Final samples", "Every digit from the finished model.",
+          Fig("sample_class_ddpm", names.FINAL_SAMPLES, "Final samples", "Every digit from the finished model.",
               SAMPLE_P),
-          Fig("sample_class_ddpm", "trajectory", "Denoising trajectory",
+          Fig("sample_class_ddpm", names.TRAJECTORY, "Denoising trajectory",
               "Rows follow single samples from noise to digit.", SAMPLE_P),
-          Fig("sample_class_ddpm", "*.gif", "Denoising, animated", "The whole grid denoising, as a GIF.",
+          Fig("sample_class_ddpm", names.GIF_PATTERN, "Denoising, animated", "The whole grid denoising, as a GIF.",
               SAMPLE_P)],
-         [Number("final training loss", "class_ddpm", "final_loss"),
-          Number("training time", "class_ddpm", "train_seconds", "seconds")]),
+         [Number("final training loss", "class_ddpm", names.FINAL_LOSS),
+          Number("training time", "class_ddpm", names.TRAIN_SECONDS, "seconds")]),
     _sec("B", "b-evaluation", "B.4", "Evaluation by an independent judge",
          "A small CNN classifier, trained apart from the diffusion models, reads the samples: how often a "
          "class-conditioned sample is the digit that was asked for, and the Fréchet distance between samples "
          "and real held-out digits in the judge's feature space. The floor is the distance between as many "
          "real training digits and the same held-out set: what a perfect generator would score.",
-         [Fig("evaluation", "judged_samples", "Judged samples",
+         [Fig("evaluation", names.JUDGED_SAMPLES, "Judged samples",
               "Class-conditioned samples, one row per requested digit, with how many the judge read correctly.",
               (("num_samples", "samples per model"), ("judge.epochs", "judge epochs"), ("judge.width", "judge width")))],
-         [Number("judge accuracy on held-out real digits", "evaluation", "judge.heldout_accuracy", "percent"),
-          Number("class agreement (sample judged as the requested digit)", "evaluation", "class.agreement", "percent"),
-          Number("judge's mean confidence in the requested digit", "evaluation", "class.confidence", "percent"),
-          Number("evaluation time (judge training included)", "evaluation", "eval_seconds", "seconds")],
+         [Number("judge accuracy on held-out real digits", "evaluation", names.JUDGE_HELDOUT_ACCURACY, "percent"),
+          Number("class agreement (sample judged as the requested digit)", "evaluation", names.agreement("class"), "percent"),
+          Number("judge's mean confidence in the requested digit", "evaluation", names.confidence("class"), "percent"),
+          Number("evaluation time (judge training included)", "evaluation", names.EVAL_SECONDS, "seconds")],
          ["frechet_table", "agreement_table"]),
 )
 
 PART_A = (
     _sec("A", "a-sample-steps", "A.0", "Sampling at several step counts",
          "Each condition sampled with fewer and more denoising steps, with classifier-free guidance.",
-         [Fig("part_a/sample_steps", "sample_steps*", "Samples by number of inference steps",
+         [Fig("part_a/sample_steps", names.SAMPLE_STEPS + "*", "Samples by number of inference steps",
               "Rows: number of steps; columns: condition.",
               _part_a_p(("num_inference_steps", "steps"), ("prompts", "conditions"), ("guidance", "guidance γ")))]),
     _sec("A", "a-forward", "A.1.1–1.3", "Forward process, Gaussian blur and one-step denoising",
          "A test image noised to x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε at three timesteps, then cleaned up by the best "
          "Gaussian blur (a classical filter) and by one call of the diffusion model (x̂₀ from its noise estimate).",
-         [Fig("part_a/denoise", "forward_blur_one_step", "Forward process, blur and one-step",
+         [Fig("part_a/denoise", names.FORWARD_BLUR_ONE_STEP, "Forward process, blur and one-step",
               "Rows: noisy x_t, best Gaussian blur, one-step estimate; columns: timestep.",
               _part_a_p(("forward_timesteps", "t"), ("blur_sigmas", "blur σ")))]),
     _sec("A", "a-iterative", "A.1.4", "Iterative denoising compared",
          "Starting from the noisy image at strided step i_start, the model denoises step by step along the "
          "strided schedule; the result is compared with one-step denoising and blurring of the same image.",
-         [Fig("part_a/denoise", "iterative_steps", "Iterative denoising, every 5th step",
+         [Fig("part_a/denoise", names.ITERATIVE_STEPS, "Iterative denoising, every 5th step",
               "The image along the strided schedule, left to right.", _part_a_p(("i_start", "i_start"),
                                                                                 ("t_start", "t_start"))),
-          Fig("part_a/denoise", "denoise_compared", "Iterative vs one-step vs blur",
+          Fig("part_a/denoise", names.DENOISE_COMPARED, "Iterative vs one-step vs blur",
               "The original, its noisy version and the three estimates.", _part_a_p(("i_start", "i_start"),
                                                                                     ("t_start", "t_start")))],
-         [Number("MSE, iterative", "part_a/denoise", "mse_iterative"),
-          Number("MSE, one-step", "part_a/denoise", "mse_one_step"),
-          Number("MSE, best blur", "part_a/denoise", "mse_blur")]),
+         [Number("MSE, iterative", "part_a/denoise", names.MSE_ITERATIVE),
+          Number("MSE, one-step", "part_a/denoise", names.MSE_ONE_STEP),
+          Number("MSE, best blur", "part_a/denoise", names.MSE_BLUR)]),
     _sec("A", "a-sample", "A.1.5", "Sampling from pure noise",
          "i_start = 0: the iterative loop started from pure noise, without guidance.",
-         [Fig("part_a/sample", "samples_unguided*", "Unguided samples", "Samples from pure noise.",
+         [Fig("part_a/sample", names.SAMPLES_UNGUIDED + "*", "Unguided samples", "Samples from pure noise.",
               _part_a_p(("num_samples", "samples")))]),
     _sec("A", "a-cfg", "A.1.6", "Classifier-free guidance",
          "ε = ε_u + γ(ε_c − ε_u): extrapolating past the conditional estimate trades diversity for quality.",
-         [Fig("part_a/cfg", "samples_cfg*", "Samples with classifier-free guidance", "One row per condition.",
+         [Fig("part_a/cfg", names.SAMPLES_CFG + "*", "Samples with classifier-free guidance", "One row per condition.",
               _part_a_p(("conditions", "conditions"), ("guidance", "γ"), ("num_samples", "per condition")))]),
     _sec("A", "a-sdedit", "A.1.7", "SDEdit: the test image and hand drawings",
          "A real image is noised to strided step i_start and denoised with guidance: small i_start leaves "
          "little of it, large i_start stays close. The same on hand-drawn images.",
-         [Fig("part_a/sdedit", "sdedit*", "SDEdit", "Rows: the test image, then each user image; columns: i_start.",
+         [Fig("part_a/sdedit", names.SDEDIT + "*", "SDEdit", "Rows: the test image, then each user image; columns: i_start.",
               _part_a_p(("i_starts", "i_start"), ("user_images", "user images"), ("guidance", "guidance γ")))]),
     _sec("A", "a-inpaint", "A.1.7.2", "Inpainting",
          "After every step the pixels outside the mask are reset to the original, noised to the current "
          "timestep, so only the masked region gets new content.",
-         [Fig("part_a/inpaint", "inpaint*", "Inpainting", "Original, mask (white = new content), kept pixels, result.",
+         [Fig("part_a/inpaint", names.INPAINT + "*", "Inpainting", "Original, mask (white = new content), kept pixels, result.",
               _part_a_p(("mask", "mask"), ("guidance", "guidance γ")))],
-         [Number("largest change outside the mask", "part_a/inpaint", "unmasked_max_abs_change")]),
+         [Number("largest change outside the mask", "part_a/inpaint", names.UNMASKED_MAX_ABS_CHANGE)]),
     _sec("A", "a-i2i", "A.1.7.3", "Text-conditioned image-to-image",
          "SDEdit guided by a different condition: the test image pulled towards another prompt (digit).",
          [Fig("part_a/i2i", "image_to_image*", "Image-to-image", "Rows: condition; columns: i_start.",
@@ -273,15 +275,15 @@ PART_A = (
     _sec("A", "a-anagram", "A.1.8", "Visual anagrams",
          "Two noise estimates, one of the image and one of its transformed view with another condition, are "
          "averaged at every step: the result reads as one thing upright and another when transformed.",
-         [Fig("part_a/anagram", "anagram_*", "Visual anagrams", "The image, then its transformed view.",
+         [Fig("part_a/anagram", names.ANAGRAM_PREFIX + "*", "Visual anagrams", "The image, then its transformed view.",
               _part_a_p(("anagrams", "anagrams"), ("guidance", "guidance γ")))]),
     _sec("A", "a-hybrid", "A.1.9", "Hybrid images",
          "Low frequencies of one condition's noise estimate plus high frequencies of another's: one reading "
          "up close, another from afar (the small version).",
-         [Fig("part_a/hybrid", "hybrid_*_full", "Hybrid image, full size", "Seen up close: the high frequencies.",
+         [Fig("part_a/hybrid", names.hybrid("*", "full"), "Hybrid image, full size", "Seen up close: the high frequencies.",
               _part_a_p(("hybrids", "low / high"), ("kernel_size", "kernel"), ("sigma", "σ"),
                         ("guidance", "guidance γ"))),
-          Fig("part_a/hybrid", "hybrid_*_small", "Hybrid image at ¼ size (enlarged)",
+          Fig("part_a/hybrid", names.hybrid("*", "small"), "Hybrid image at ¼ size (enlarged)",
               "Seen from afar: the low frequencies.", _part_a_p(("hybrids", "low / high")))]),
 )
 
@@ -468,7 +470,7 @@ class _Page:
 
 def _sigma_table(page: _Page) -> str:
     sigmas = sorted({float(k.split("sigma_", 1)[1]) for r in page.runs for k in
-                     r.stages.get("evaluation", StageData(name="", run_id="")).metrics if k.startswith("denoiser.mse.sigma_")})
+                     r.stages.get("evaluation", StageData(name="", run_id="")).metrics if k.startswith(names.DENOISER_SIGMA_PREFIX)})
     if not sigmas:
         return ""
     many = len(page.runs) > 1
@@ -478,24 +480,24 @@ def _sigma_table(page: _Page) -> str:
         cells = [f"<th>{s:g}</th>"]
         for r in page.runs:
             for q in ("mse", "psnr"):
-                cells.append(f'<td class="num">{_fmt(_metric(r, "evaluation", f"denoiser.{q}.sigma_{s}"), "float", page.cfg)}</td>')
+                cells.append(f'<td class="num">{_fmt(_metric(r, "evaluation", names.denoiser_at_sigma(q, s)), "float", page.cfg)}</td>')
         rows.append(cells)
     return "<h4>Denoiser on held-out digits at each σ</h4>" + _table(head, rows, cls="numbers")
 
 
 def _frechet_table(page: _Page) -> str:
     rows = []
-    for label, key in (("time-conditioned samples", "time.frechet"), ("class-conditioned samples", "class.frechet")):
+    for label, key in (("time-conditioned samples", "time"), ("class-conditioned samples", "class")):
         cells = []
         for r in page.runs:
-            fd = _metric(r, "evaluation", key)
-            floor = _metric(r, "evaluation", key + "_real_floor")
+            fd = _metric(r, "evaluation", names.frechet(key))
+            floor = _metric(r, "evaluation", names.frechet_floor(key))
             ratio = f' <span class="ratio">({fd / floor:.1f}× the floor)</span>' if fd is not None and floor else ""
             cells.append(f'<td class="num">{_fmt(fd, "float", page.cfg)}{ratio}</td>')
         rows.append([f"<th>{_e(label)}</th>", *cells])
     floors = []
     for r in page.runs:
-        floor = next((v for k in ("class.frechet_real_floor", "time.frechet_real_floor")
+        floor = next((v for k in (names.frechet_floor("class"), names.frechet_floor("time"))
                       if (v := _metric(r, "evaluation", k)) is not None), None)
         floors.append(f'<td class="num">{_fmt(floor, "float", page.cfg)}</td>')
     rows.append(["<th>real vs real (the floor)</th>", *floors])
@@ -509,7 +511,7 @@ def _agreement_table(page: _Page) -> str:
     digits = range(10)
     rows = []
     for label, r in zip(page.labels, page.runs):
-        values = [_metric(r, "evaluation", f"class.agreement.digit_{d}") for d in digits]
+        values = [_metric(r, "evaluation", names.agreement_digit("class", d)) for d in digits]
         if all(v is None for v in values):
             continue
         rows.append([f"<th>{_e(label) or 'agreement'}</th>",

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from difflab import viz
+from difflab import names
 from difflab.config import DDPMConfig, DenoiserConfig, EvalConfig, PartBConfig, TrainConfig
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
 from difflab.metrics import Judge, class_agreement, denoiser_metrics, frechet_vs_real, judge_predict
@@ -131,13 +132,13 @@ class DenoiserStage(Stage):
 
     def figures_before(self, scfg: DenoiserConfig, test_x, seed) -> Figures:
         show, sweep = test_x[: scfg.num_show], [float(s) for s in scfg.sigma_sweep]
-        return {"noising_grid": viz.labeled_grid([self._noisy(show, s, seed) for s in sweep],
+        return {names.NOISING_GRID: viz.labeled_grid([self._noisy(show, s, seed) for s in sweep],
                                                  [f"sigma={s}" for s in sweep], title="z = x + sigma * eps")}
 
     def figures_at_epoch(self, model, scfg: DenoiserConfig, schedule, test_x, seed, epoch) -> Figures:
         show = test_x[: scfg.num_show]
         z = self._noisy(show, scfg.sigma, seed)
-        return {"denoised_test": viz.labeled_grid([show, z, self._denoise(model, z)],
+        return {names.DENOISED_TEST: viz.labeled_grid([show, z, self._denoise(model, z)],
                                                   ["clean", f"noisy (sigma={scfg.sigma})", "denoised"],
                                                   title=f"denoised test digits after epoch {epoch}")}
 
@@ -147,7 +148,7 @@ class DenoiserStage(Stage):
             z = self._noisy(show, s, seed)
             rows += [z, self._denoise(model, z)]
             labels += [f"noisy sigma={s}", "denoised"]
-        return {"ood_sigma_sweep": viz.labeled_grid(rows, labels, title=f"trained at sigma={scfg.sigma}: "
+        return {names.OOD_SIGMA_SWEEP: viz.labeled_grid(rows, labels, title=f"trained at sigma={scfg.sigma}: "
                                                                         "out-of-distribution sweep")}
 
     def evaluate(self, trained, scfg: DenoiserConfig, ev, judge, real_train, real_test, seed) -> Evaluation:
@@ -156,7 +157,8 @@ class DenoiserStage(Stage):
         res = denoiser_metrics(lambda z: trained.model(z), real_test, scfg.sigma_sweep, seed=seed, device=device)
         out = Evaluation()
         for sigma, m in res.items():
-            out.metrics.update({f"denoiser.mse.sigma_{sigma}": m["mse"], f"denoiser.psnr.sigma_{sigma}": m["psnr"]})
+            out.metrics.update({names.denoiser_at_sigma("mse", sigma): m["mse"],
+                                names.denoiser_at_sigma("psnr", sigma): m["psnr"]})
         at = res[float(scfg.sigma)]
         out.headline.update({"denoiser_mse": at["mse"], "denoiser_psnr": at["psnr"]})
         return out
@@ -196,9 +198,9 @@ class DDPMStage(Stage):
         x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast,
                  clip_x0=scfg.clip_x0).images
         if labels is None:
-            return {"samples": viz.grid(x, nrow=min(10, scfg.num_samples), scale=3)}
+            return {names.SNAPSHOT_SAMPLES: viz.grid(x, nrow=min(10, scfg.num_samples), scale=3)}
         rows = list(x.split(scfg.samples_per_class))
-        return {"samples": viz.labeled_grid(rows, [f"digit {d}" for d in range(len(rows))],
+        return {names.SNAPSHOT_SAMPLES: viz.labeled_grid(rows, [f"digit {d}" for d in range(len(rows))],
                                             title=f"class-conditioned, guidance {scfg.guidance}, epoch {epoch}")}
 
     def samples(self, trained, scfg: DDPMConfig, seed) -> tuple[Samples, int, str]:
@@ -218,17 +220,17 @@ class DDPMStage(Stage):
                          scfg.guidance, fast=scfg.fast, clip_x0=scfg.clip_x0)
         fd = frechet_vs_real(judge, x, real_train, real_test, seed=seed)
         k = self.key
-        out = Evaluation(metrics={f"{k}.frechet": fd["frechet"], f"{k}.frechet_real_floor": fd["frechet_real_floor"]},
+        out = Evaluation(metrics={names.frechet(k): fd["frechet"], names.frechet_floor(k): fd["frechet_real_floor"]},
                          headline={f"{k}_frechet": fd["frechet"], "frechet_real_floor": fd["frechet_real_floor"],
                                    f"{k}_frechet_ratio": fd["frechet"] / max(fd["frechet_real_floor"], 1e-9)})
         if labels is not None:
             agree = class_agreement(judge, x, labels)
-            out.metrics.update({f"{k}.agreement": agree["agreement"], f"{k}.confidence": agree["confidence"],
-                                **{f"{k}.agreement.digit_{d}": v["agreement"] for d, v in agree["per_digit"].items()}})
+            out.metrics.update({names.agreement(k): agree["agreement"], names.confidence(k): agree["confidence"],
+                                **{names.agreement_digit(k, d): v["agreement"] for d, v in agree["per_digit"].items()}})
             out.headline.update({f"{k}_agreement": agree["agreement"], f"{k}_confidence": agree["confidence"],
                                  f"{k}_agreement_min_digit": min(v["agreement"] for v in agree["per_digit"].values())})
             out.tables[f"{k}_agreement.json"] = agree
-            out.figures["judged_samples"] = judged_figure(judge, x, labels)
+            out.figures[names.JUDGED_SAMPLES] = judged_figure(judge, x, labels)
         else:
             share = digit_shares(judge, x)
             out.metrics.update({f"{k}.digit_share.digit_{d}": v for d, v in enumerate(share)})

@@ -1,0 +1,133 @@
+"""Every image, metric and artifact name a run logs and the report page reads, written once.
+
+Writers (`stages`, `tasks/`) log under these names; readers (`report_page`) look them up here, so
+renaming an image is one edit and `tests/test_names.py` fails when the page reads a name no stage
+logs. Images are MLflow image keys: images/<name>.png, or a stepped image (step = epoch).
+Run tags stay beside the code that sets them (`tracking`: STAGE_TAG, REUSED_TAG, ...).
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------- Part B images, by the run that logs them
+NOISING_GRID = "noising_grid"
+DENOISED_TEST = "denoised_test"
+OOD_SIGMA_SWEEP = "ood_sigma_sweep"
+LOSS_CURVE = "loss_curve"
+SNAPSHOT_SAMPLES = "samples"
+"""A DDPM's samples after each snapshot epoch (stepped)."""
+FINAL_SAMPLES = "final_samples"
+TRAJECTORY = "trajectory"
+GIF_PATTERN = "*.gif"
+"""The sampling run's animated trajectory, images/<stage>_denoising.gif."""
+JUDGED_SAMPLES = "judged_samples"
+
+
+def denoising_gif(stage_name: str) -> str:
+    """File name of a sampling run's GIF (logged under images/)."""
+    return f"{stage_name}_denoising.gif"
+
+
+# ----------------------------------------------------------------- Part A images, by section
+SAMPLE_STEPS = "sample_steps"
+FORWARD_BLUR_ONE_STEP = "forward_blur_one_step"
+ITERATIVE_STEPS = "iterative_steps"
+DENOISE_COMPARED = "denoise_compared"
+SAMPLES_UNGUIDED = "samples_unguided"
+SAMPLES_CFG = "samples_cfg"
+SDEDIT = "sdedit"
+IMAGE_TO_IMAGE = "image_to_image"
+INPAINT = "inpaint"
+ANAGRAM_PREFIX = "anagram_"
+HYBRID_PREFIX = "hybrid_"
+STAGE2_SUFFIX = "_stage2"
+"""DeepFloyd: the stage I image upsampled by stage II, logged as <name>_stage2."""
+
+
+def anagram(i: int) -> str:
+    return f"{ANAGRAM_PREFIX}{i}"
+
+
+def hybrid(i: int, size: str) -> str:
+    """size: "full" or "small"."""
+    return f"{HYBRID_PREFIX}{i}_{size}"
+
+
+def stage2(name: str) -> str:
+    return f"{name}{STAGE2_SUFFIX}"
+
+
+# ----------------------------------------------------------------- metrics
+FINAL_LOSS = "final_loss"
+TRAIN_SECONDS = "train_seconds"
+EVAL_SECONDS = "eval_seconds"
+TRAIN_LOSS = "train_loss"
+"""Per optimizer step."""
+EPOCH_LOSS = "epoch_loss"
+LR = "lr"
+MSE_ITERATIVE = "mse_iterative"
+MSE_ONE_STEP = "mse_one_step"
+MSE_BLUR = "mse_blur"
+UNMASKED_MAX_ABS_CHANGE = "unmasked_max_abs_change"
+
+# ----------------------------------------------------------------- artifacts
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_CHECKPOINT = "checkpoints/final.pt"
+IMAGES_DIR = "images"
+SAMPLES_DIR = "samples"
+SAMPLES_FILE = "samples.pt"
+JUDGE_DIR = "judge"
+HEADLINE_FILE = "headline.json"
+
+# ----------------------------------------------------------------- what each run logs (the page's contract)
+IMAGES: dict[str, tuple[str, ...]] = {
+    "denoiser": (NOISING_GRID, LOSS_CURVE, DENOISED_TEST, OOD_SIGMA_SWEEP),
+    "time_ddpm": (LOSS_CURVE, SNAPSHOT_SAMPLES),
+    "class_ddpm": (LOSS_CURVE, SNAPSHOT_SAMPLES),
+    "sample_time_ddpm": (FINAL_SAMPLES, TRAJECTORY, denoising_gif("time_ddpm")),
+    "sample_class_ddpm": (FINAL_SAMPLES, TRAJECTORY, denoising_gif("class_ddpm")),
+    "evaluation": (JUDGED_SAMPLES,),
+    "part_a/sample_steps": (SAMPLE_STEPS,),
+    "part_a/denoise": (FORWARD_BLUR_ONE_STEP, ITERATIVE_STEPS, DENOISE_COMPARED),
+    "part_a/sample": (SAMPLES_UNGUIDED,),
+    "part_a/cfg": (SAMPLES_CFG,),
+    "part_a/sdedit": (SDEDIT,),
+    "part_a/i2i": (IMAGE_TO_IMAGE,),
+    "part_a/inpaint": (INPAINT,),
+    "part_a/anagram": (anagram(0),),
+    "part_a/hybrid": (hybrid(0, "full"), hybrid(0, "small")),
+}
+"""Run (stage or Part A section) -> the image names it logs (templated ones with index 0). Part A sections
+on DeepFloyd also log stage2(name) for each."""
+
+
+# ----------------------------------------------------------------- evaluation metrics (k: "time" or "class")
+JUDGE_HELDOUT_ACCURACY = "judge.heldout_accuracy"
+JUDGE_HELDOUT_ACCURACY_NOISY = "judge.heldout_accuracy_noisy"
+
+
+def frechet(k: str) -> str:
+    return f"{k}.frechet"
+
+
+def frechet_floor(k: str) -> str:
+    return f"{k}.frechet_real_floor"
+
+
+def agreement(k: str) -> str:
+    return f"{k}.agreement"
+
+
+def confidence(k: str) -> str:
+    return f"{k}.confidence"
+
+
+def agreement_digit(k: str, digit: int) -> str:
+    return f"{k}.agreement.digit_{digit}"
+
+
+DENOISER_SIGMA_PREFIX = "denoiser.mse.sigma_"
+
+
+def denoiser_at_sigma(quantity: str, sigma: float) -> str:
+    """quantity: "mse" or "psnr"."""
+    return f"denoiser.{quantity}.sigma_{sigma}"

@@ -93,3 +93,21 @@ def test_part_a_sections_log_the_images_named_for_them(logged_images):
         logged_images.clear()
         run(cfg, b, image)
         assert sorted(logged_images) == sorted(names.IMAGES[f"part_a/{key}"]), key
+
+
+def test_the_stage_order_is_written_once_and_every_list_follows_it():
+    from difflab.config import PART_A_SECTIONS, PartBConfig
+    from difflab.report import ReportConfig
+    from difflab.stages import STAGES
+    from tasks.edits import SECTIONS
+
+    assert list(STAGES) == list(names.PART_B_STAGES) == PartBConfig().stages
+    assert [st.name for st in STAGES.values()] == list(names.PART_B_STAGES.values())
+    with pytest.raises(ValueError):
+        PartBConfig(stages=["denoiser", "judge"])
+    present = ("part_b", "denoiser", "time_ddpm", "sample_time_ddpm", "class_ddpm", "sample_class_ddpm",
+               "evaluation", "part_a")  # the runs a pipeline makes, in the order the page shows them
+    assert [n for n in report_page.STAGE_ORDER if n in present] == list(present)
+    assert [n for n in ReportConfig().stage_order if n in present + ("eval",)] == \
+        ["denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm", "eval"]
+    assert tuple(report_page.PART_A_ORDER) == PART_A_SECTIONS and set(SECTIONS) == set(PART_A_SECTIONS)

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from difflab.names import PART_B_STAGES
+
 COURSE_TRAIN_IMAGES = 60_000
 """The size of the MNIST training set the course's epoch counts were written for."""
 
@@ -245,7 +247,7 @@ class PartBConfig(_Strict):
     lock_timeout_s: float | None = Field(None, gt=0)
     """How long a run waits for another process training the same stage here; None: as long as that
     process lives (the OS frees its lock when it exits or is killed)."""
-    stages: list[Literal["denoiser", "time", "class"]] = Field(default_factory=lambda: ["denoiser", "time", "class"])
+    stages: list[Literal[tuple(PART_B_STAGES)]] = Field(default_factory=lambda: list(PART_B_STAGES))  # type: ignore[valid-type]
     data: DataConfig = Field(default_factory=DataConfig)
     denoiser: DenoiserConfig = Field(default_factory=DenoiserConfig)
     time_ddpm: DDPMConfig = Field(default_factory=DDPMConfig)

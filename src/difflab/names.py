@@ -8,6 +8,32 @@ Run tags stay beside the code that sets them (`tracking`: STAGE_TAG, REUSED_TAG,
 
 from __future__ import annotations
 
+# ----------------------------------------------------------------- runs, and the order they run in
+PART_B_STAGES: dict[str, str] = {"denoiser": "denoiser", "time": "time_ddpm", "class": "class_ddpm"}
+"""The Part B stages in training order, written once: key (PartBConfig.stages, stages.STAGES) -> the
+stage's MLflow run name and config section."""
+PART_B_RUN = "part_b"
+PART_A_RUN = "part_a"
+EVALUATION_RUN = "evaluation"
+
+
+def sample_run(stage_name: str) -> str:
+    """The run that draws from a trained stage: sample_time_ddpm, sample_class_ddpm."""
+    return f"sample_{stage_name}"
+
+
+def part_a_run(section: str) -> str:
+    """A Part A section's run: part_a/<section>."""
+    return f"{PART_A_RUN}/{section}"
+
+
+def part_b_run_order() -> tuple[str, ...]:
+    """Part B's runs in the order they run: the flow's run, each stage's training then sampling run
+    (a stage that draws no samples has no sampling run), the evaluation."""
+    per_stage = [run for name in PART_B_STAGES.values() for run in (name, sample_run(name))]
+    return (PART_B_RUN, *per_stage, EVALUATION_RUN)
+
+
 # ----------------------------------------------------------------- Part B images, by the run that logs them
 NOISING_GRID = "noising_grid"
 DENOISED_TEST = "denoised_test"

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from difflab import viz
+from difflab import names, viz
 from difflab.viz import figure_to_image
 
 PARAM_PREFIX = "params."
@@ -42,7 +42,7 @@ class ReportConfig(BaseModel):
     bar_columns: int = Field(4, gt=0)
     """Metric bar panels per row of the grid."""
     stage_order: list[str] = Field(default_factory=lambda: [
-        "denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm", "eval"])
+        *names.PART_B_STAGES.values(), *map(names.sample_run, names.PART_B_STAGES.values()), "eval"])
     """Metric columns follow the pipeline: grouped by their stage prefix in this order, then the rest."""
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from difflab import names
+from difflab.config import PART_A_SECTIONS
 
 MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
         ".webp": "image/webp", ".svg": "image/svg+xml"}
@@ -270,7 +271,7 @@ PART_A = (
          [Number("largest change outside the mask", "part_a/inpaint", names.UNMASKED_MAX_ABS_CHANGE)]),
     _sec("A", "a-i2i", "A.1.7.3", "Text-conditioned image-to-image",
          "SDEdit guided by a different condition: the test image pulled towards another prompt (digit).",
-         [Fig("part_a/i2i", "image_to_image*", "Image-to-image", "Rows: condition; columns: i_start.",
+         [Fig("part_a/i2i", names.IMAGE_TO_IMAGE + "*", "Image-to-image", "Rows: condition; columns: i_start.",
               _part_a_p(("conditions", "conditions"), ("i_starts", "i_start"), ("guidance", "guidance γ")))]),
     _sec("A", "a-anagram", "A.1.8", "Visual anagrams",
          "Two noise estimates, one of the image and one of its transformed view with another condition, are "
@@ -292,9 +293,8 @@ SECTIONS: tuple[Section, ...] = PART_A + PART_B
 FACTS_ID = "facts"
 SECTION_IDS: tuple[str, ...] = (FACTS_ID,) + tuple(s.id for s in SECTIONS)
 
-STAGE_ORDER = ("part_b", "denoiser", "time_ddpm", "sample_time_ddpm", "class_ddpm", "sample_class_ddpm",
-               "evaluation", "part_a")
-PART_A_ORDER = ("sample_steps", "denoise", "sample", "cfg", "sdedit", "inpaint", "i2i", "anagram", "hybrid")
+STAGE_ORDER = (*names.part_b_run_order(), names.PART_A_RUN)
+PART_A_ORDER = PART_A_SECTIONS
 STEPPED_LABEL = "epoch"
 
 
@@ -369,7 +369,7 @@ class _Page:
         facts = _table(["", *self.labels], [[f"<th>{_e(k)}</th>", *[f"<td>{v or '—'}</td>" for v in vals]]
                                             for k, vals in rows])
         stage_names = [n for n in STAGE_ORDER if any(n in r.stages for r in self.runs)]
-        stage_names += [f"part_a/{s}" for s in PART_A_ORDER if any(f"part_a/{s}" in r.stages for r in self.runs)]
+        stage_names += [names.part_a_run(s) for s in PART_A_ORDER if any(names.part_a_run(s) in r.stages for r in self.runs)]
         stage_rows = [[f"<th>{_e(n)}</th>", *[f"<td>{self._stage_cell(r.stages.get(n))}</td>" for r in self.runs]]
                       for n in stage_names]
         stages = _table(["stage", *self.labels], stage_rows, cls="stages")

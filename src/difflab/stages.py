@@ -258,8 +258,8 @@ def judged_figure(judge: Judge, samples: torch.Tensor, labels: torch.Tensor) -> 
 
 STAGES: dict[str, Stage] = {
     "denoiser": DenoiserStage(),
-    "time": DDPMStage("time", "time_ddpm", "time", conditional=False),
-    "class": DDPMStage("class", "class_ddpm", "class", conditional=True),
+    "time": DDPMStage("time", names.PART_B_STAGES["time"], "time", conditional=False),
+    "class": DDPMStage("class", names.PART_B_STAGES["class"], "class", conditional=True),
 }
 
 

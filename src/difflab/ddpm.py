@@ -95,7 +95,7 @@ class DDPMSchedule(nn.Module):
         if isinstance(variance, torch.Tensor):
             return learned_range_variance(variance, ab, ab_prev)
         if variance == "beta":
-            return self.betas[t] if t_prev == t - 1 else 1 - ab / ab_prev
+            return self.betas[t] if t_prev == t - 1 else step_beta(ab, ab_prev)
         if variance == "posterior":
             return posterior_variance(ab, ab_prev)
         raise ValueError(f"unknown variance {variance!r}; use one of {list(VARIANCES)} or a learned-range tensor")
@@ -139,9 +139,14 @@ def posterior_mean(
     return ab_prev.sqrt() * beta / (1 - ab) * x0_hat + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
 
 
+def step_beta(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:
+    """beta of a step t -> t' (any stride): 1 - alpha_bar_t / alpha_bar_{t'}; beta_t at stride 1."""
+    return 1 - alpha_bar / alpha_bar_prev
+
+
 def posterior_variance(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:
     """DDPM posterior variance beta_tilde = (1 - ab_prev) / (1 - ab) * beta, for strided steps too."""
-    beta = 1 - alpha_bar / alpha_bar_prev
+    beta = step_beta(alpha_bar, alpha_bar_prev)
     return (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
 
 
@@ -151,7 +156,7 @@ def learned_range_variance(v: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_p
     diffusers' `learned_range` (DeepFloyd IF), with beta and beta_tilde taken over the strided step.
     """
     ab, ab_prev = _bcast(alpha_bar, v), _bcast(alpha_bar_prev, v)
-    beta = 1 - ab / ab_prev
+    beta = step_beta(ab, ab_prev)
     min_log = posterior_variance(ab, ab_prev).clamp(min=1e-20).log()
     max_log = beta.clamp(min=1e-20).log()
     frac = (v + 1) / 2

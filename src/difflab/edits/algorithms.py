@@ -9,6 +9,7 @@ the same result on any device. Every formula is the one in `difflab.ddpm`.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -64,9 +65,18 @@ def _to(backend: Backend, x: torch.Tensor) -> torch.Tensor:
     return x.to(device=backend.device, dtype=torch.float32)
 
 
+_SCHEDULES: dict[tuple[int, str], tuple[weakref.ref, DDPMSchedule]] = {}
+"""Built once per alphas_cumprod tensor (by identity) and device: building one costs ~10 ms, about what
+a whole strided loop on a small model takes."""
+
+
 def schedule_of(backend: Backend) -> DDPMSchedule:
     """The backend's alpha_bar schedule as a DDPMSchedule (on its device), for `ddpm.denoise`."""
-    return DDPMSchedule.from_alpha_bars(backend.alphas_cumprod).to(backend.device)
+    ac, key = backend.alphas_cumprod, (id(backend.alphas_cumprod), str(backend.device))
+    cached = _SCHEDULES.get(key)
+    if cached is None or cached[0]() is not ac:
+        cached = _SCHEDULES[key] = (weakref.ref(ac), DDPMSchedule.from_alpha_bars(ac).to(backend.device))
+    return cached[1]
 
 
 @torch.no_grad()

@@ -160,8 +160,9 @@ def probe(candidates: Sequence[Candidate], make_runner: Callable[[Candidate], Ru
 
     candidates[0] is the plain path: the reference for the result (tolerance: relative L2 error of each
     candidate's result to plain's) and for the speed ratio. A candidate whose setup or step raises is
-    recorded as failed, never chosen. The warm-ups and rounds together stay near budget_s (seconds):
-    rounds are sized from one timed call of each candidate, at least MIN_ROUNDS of at least one call.
+    recorded as failed, never chosen. The warm-ups and rounds together stay near budget_s (seconds): the
+    first round times one call of each candidate and sizes the next ones; at least MIN_ROUNDS rounds of at
+    least one call each, so a machine where one call outlasts the budget still gets a median of two.
     """
     measured: list[Measured] = []
     runners: dict[int, Runner] = {}
@@ -191,27 +192,29 @@ def probe(candidates: Sequence[Candidate], make_runner: Callable[[Candidate], Ru
         sync()
         return max(clock() - t0, 1e-9)
 
-    once: dict[int, float] = {}
-    for i in list(runners):
-        try:
-            once[i] = timed(i, 1)
-        except Exception as exc:  # noqa: BLE001
-            measured[i].failed = f"{type(exc).__name__}: {exc}"[:300]
-            runners.pop(i)
-    if 0 not in runners:
-        raise RuntimeError(f"the plain path failed in the probe: {measured[0].failed}")
-    left = max(0.0, budget_s - (clock() - started))
-    per_round = left / TARGET_ROUNDS
-    calls = {i: max(1, int(per_round / len(runners) / once[i])) for i in runners}
+    calls = {i: 1 for i in runners}  # the first round: one call each, which sizes the next rounds
     rounds = 0
-    while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and clock() - started + per_round <= budget_s):
+    while True:
+        seconds_per_call = {}
         for i in list(runners):
             try:
-                measured[i].rates.append(calls[i] * runners[i][1] / timed(i, calls[i]))
+                took = timed(i, calls[i])
             except Exception as exc:  # noqa: BLE001
                 measured[i].failed = f"{type(exc).__name__}: {exc}"[:300]
                 runners.pop(i)
+                continue
+            measured[i].rates.append(calls[i] * runners[i][1] / took)
+            seconds_per_call[i] = took / calls[i]
+        if 0 not in runners:
+            raise RuntimeError(f"the plain path failed in the probe: {measured[0].failed}")
         rounds += 1
+        left = budget_s - (clock() - started)
+        rounds_left = max(MIN_ROUNDS - rounds, TARGET_ROUNDS - rounds, 1)
+        per_round = max(0.0, left) / rounds_left
+        calls = {i: max(1, int(per_round / len(runners) / seconds_per_call[i])) for i in runners}
+        next_round = sum(calls[i] * seconds_per_call[i] for i in runners)
+        if rounds >= MIN_ROUNDS and (rounds >= MAX_ROUNDS or next_round > left):
+            break
     for m in measured:
         m.rate = statistics.median(m.rates) if m.rates and not m.failed else 0.0
     base = measured[0].rate

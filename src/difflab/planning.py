@@ -245,6 +245,7 @@ def _train_runner(stage, scfg: TrainConfig, schedule, x: torch.Tensor, y: torch.
                                       device, batch)
             xb = fastpath.to_layout(x, levers)
             first = step(xb, y).detach().float().reshape(1).cpu()
+            step(xb, y)  # a second warm-up call: compile's and the allocator's second-call work
 
         def run() -> None:
             with fastpath.cuda_backends(levers):
@@ -279,6 +280,7 @@ def _sample_runner(stage, scfg, schedule, batch: int, device: torch.device):
                 eps = lambda a, b: inner(a.contiguous(memory_format=torch.channels_last), b)  # noqa: E731
             eps = fastpath.graph_eps_fn(eps, shape, device, levers)
             out = eps(x, t).float().cpu()
+            eps(x, t)  # a second warm-up call: TorchScript optimises the frozen network on its second run
 
         def run() -> None:
             with mode(), fastpath.cuda_backends(levers):
@@ -362,16 +364,14 @@ def resolve_stage(cfg: PartBConfig, stage, images: torch.Tensor, labels: torch.T
 
 
 def _merge(fast: FastPath, t_best: Measured, s_best: Measured | None, generative: bool) -> FastPath:
-    """One FastPath from the chosen training and sampling candidates (a plain choice: its levers all off)."""
+    """One FastPath from the chosen training and sampling candidates (a plain choice: its levers all off;
+    a stage that does not sample, the denoiser: its sampling levers off)."""
     train_keys = ("channels_last", "compile", "cuda_graph", "amp", "tf32", "cudnn_benchmark", "fused_adam")
     values = dict(OFF)
     if t_best.name != "plain eager":
         values.update({k: t_best.levers[k] for k in train_keys})
     if s_best is not None and s_best.name != "plain eager":
         values.update({k: s_best.levers[k] for k in (*SAMPLE_LEVERS, "sample_fold_bn")})
-    elif not generative:  # no sampling to decide: keep the configured (non-auto) sampling levers
-        values.update({k: (OFF[k] if getattr(fast, k) == "auto" else getattr(fast, k))
-                       for k in (*SAMPLE_LEVERS, "sample_fold_bn")})
     values["enabled"] = any(values[k] not in (False, "none") for k in values if k != "enabled")
     return FastPath(**values)
 

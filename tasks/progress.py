@@ -67,7 +67,7 @@ class Ticker:
         self.started = time.time()
         eta = f", ETA {time.strftime('%H:%M:%S', time.localtime(self.started + self.estimate_s))}" \
             if self.estimate_s else ""
-        self.log(f"{self.what}: started, about {self.estimate_s:.0f} s{eta}")
+        self.log(f"{self.what}: started" + (f", about {self.estimate_s:.0f} s{eta}" if self.estimate_s else ""))
         self._thread = threading.Thread(target=self._run, name=f"ticker-{self.what}", daemon=True)
         self._thread.start()
         return self
@@ -76,4 +76,5 @@ class Ticker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.log(f"{self.what}: done in {time.time() - self.started:.0f} s (estimate {self.estimate_s:.0f} s)")
+        self.log(f"{self.what}: done in {time.time() - self.started:.0f} s"
+                 + (f" (estimate {self.estimate_s:.0f} s)" if self.estimate_s else ""))

@@ -305,3 +305,13 @@ def test_cuda_candidates_cover_graph_bf16_and_layout():
     no_bf16 = planning.candidates(auto, planning.TRAIN_LEVERS, "cuda", bf16=False, allow_compile=False, train=True)
     assert not any(c.levers["amp"] == "bf16" for c in no_bf16)
     assert any(c.levers["compile"] for c in planning.candidates(auto, planning.TRAIN_LEVERS, "cpu", False, True, True))
+
+
+def test_ticker_without_an_estimate_reports_elapsed_only():
+    from tasks.progress import Ticker
+
+    lines: list[str] = []
+    with Ticker("the judge", 0.0, lines.append, every_s=3600) as t:
+        pass
+    assert lines[0] == "the judge: started" and "estimate" not in lines[-1]
+    assert t.line(t.started + 31) == "the judge: 31 s so far"

@@ -175,12 +175,13 @@ def _fake(monkeypatch, rates: dict[str, float], calls: list | None = None):
     monkeypatch.setattr(planning.autotune, "probe", probe)
 
 
-def _small_cfg(fast: dict | None = None, evaluation: dict | None = None, **kw) -> PartBConfig:
+def _small_cfg(fast: dict | None = None, evaluation: dict | None = None, class_ddpm: dict | None = None,
+               **kw) -> PartBConfig:
     small = {"hidden": 4, "batch_size": 16, "num_timesteps": 20, "snapshot_epochs": [2, 10], "epochs": 10,
              "budget_epochs": True,  # given with epochs, so not pinned by them
              "samples_per_class": 1, "num_samples": 10,
              "fast": {**AUTO_FAST, **(fast or {})}}
-    return PartBConfig(profile="quick", time_ddpm=small, class_ddpm=small,
+    return PartBConfig(profile="quick", time_ddpm=small, class_ddpm={**small, **(class_ddpm or {})},
                        evaluation={"sample_batch_size": 20, "num_samples": 200, "budget_samples": True,
                                    "min_samples": 20, **(evaluation or {})}, **kw)
 
@@ -220,6 +221,8 @@ def test_epochs_planned_to_the_budget_between_floor_and_ceiling(monkeypatch, tmp
     cfg = _small_cfg(budget_minutes=1, budget=budget)  # 30 s: 2 epochs fit, the floor (snapshot 2 -> 3) wins
     plan = planning.resolve_stage(cfg, STAGES["class"], x, y, "cpu", n_train=1000)
     assert plan.epochs == planning.budget_floor([2, 10]) == 3
+    higher = _small_cfg(budget_minutes=1, budget=budget, class_ddpm={"budget_min_epochs": 7})
+    assert planning.resolve_stage(higher, STAGES["class"], x, y, "cpu", n_train=1000).epochs == 7
     cfg = _small_cfg(budget_minutes=2, budget=budget)  # 60 s - 1 - 6 = 53 s: 5 epochs
     plan = planning.resolve_stage(cfg, STAGES["class"], x, y, "cpu", n_train=1000)
     assert plan.epochs == 5 and "5 epochs planned" in plan.announce() and "100 img/s" in plan.announce()

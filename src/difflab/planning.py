@@ -391,7 +391,8 @@ def _plan_epochs(cfg: PartBConfig, stage, scfg, plan: StagePlan, planned: bool) 
     per_epoch = plan.n_train / plan.train_rate + cfg.budget.epoch_overhead_s if plan.train_rate else 0.0
     if planned and plan.train_rate:
         train_s = plan.stage_budget_s - plan.probe_budget_s - draw_s
-        plan.epochs = autotune.plan_epochs(train_s, plan.train_rate, plan.n_train, budget_floor(scfg.snapshot_epochs),
+        floor = scfg.budget_min_epochs or budget_floor(scfg.snapshot_epochs)
+        plan.epochs = autotune.plan_epochs(train_s, plan.train_rate, plan.n_train, min(floor, scfg.epochs),
                                            scfg.epochs, cfg.budget.epoch_overhead_s)
         plan.epochs_source = "budget"
     if plan.train_rate:

@@ -9,6 +9,10 @@ to a whole training stage of the quick profile: plain seconds / (warm-up + fast 
     python bench/speed.py --compile                # also torch.compile (minutes of warm-up when cold)
     python bench/speed.py --part train --rounds 5 --out bench_results
     python bench/speed.py --device cuda --hidden 64 --batch 128 --denoiser-hidden 128 --denoiser-batch 256
+
+The `auto` row is what the quick and course profiles run: the levers resolved on this machine by
+difflab.planning (a fresh probe in a temporary workdir, not the project's cache), then timed in the same
+interleaved rounds as the others. Issue 17's target: auto >= 0.95x plain for every network.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +67,39 @@ def gpu_variants() -> dict[str, FastPath]:
                                                     "fused_adam": True, "cuda_graph": True, "amp": "bf16"}),
         "all (default fast)": FastPath(enabled=True),
     }
+
+
+def auto_fast(kind: str, hidden: int, batch: int, device: torch.device, samples: int | None = None):
+    """The levers `auto` resolves to here for this network and batch: (FastPath, the StagePlan with its probe)."""
+    from difflab import planning
+    from difflab.config import AUTO_FAST, WORKDIR_ENV, PartBConfig
+    from difflab.stages import STAGES
+
+    key = {"unconditional": "denoiser", "time": "time", "class": "class"}[kind]
+    section = STAGES[key].name
+    overrides: dict[str, Any] = {section: {"hidden": hidden, "batch_size": batch, "fast": AUTO_FAST},
+                                 "device": str(device)}
+    if samples:
+        overrides["evaluation"] = {"sample_batch_size": samples, "num_samples": samples}
+    cfg = PartBConfig(profile="course", **overrides)  # no budget: the levers only, probe capped at probe_max_s
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(batch, 1, 28, 28, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    saved = os.environ.get(WORKDIR_ENV)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ[WORKDIR_ENV] = tmp
+        try:
+            plan = planning.resolve_stage(cfg, STAGES[key], x, y, device, n_train=4000)  # the bundled split
+        finally:
+            if saved is None:
+                os.environ.pop(WORKDIR_ENV, None)
+            else:
+                os.environ[WORKDIR_ENV] = saved
+    return plan.fast, plan
+
+
+def auto_name(fast: FastPath, device: torch.device, sampling: bool) -> str:
+    active = [k for k in fastpath.Levers.resolve(fast, device).active() if k.startswith(("sample_", "fold")) == sampling]
+    return f"auto ({' + '.join(active) if active else 'plain'})"
 
 
 def sync(device: torch.device) -> None:
@@ -188,12 +226,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--nets", default="unconditional,time,class", help="which networks to train")
     p.add_argument("--compile", action="store_true",
                    help="add the torch.compile variants (25-70 s cold warm-up each on 2 cores)")
+    p.add_argument("--skip", action="append", default=[],
+                   help="leave out the variants whose name contains this (repeatable), e.g. --skip bf16 on a CPU "
+                        "without native bf16, where each bf16 step takes 10x+ longer")
     p.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = gpu_variants() if device.type == "cuda" else cpu_variants(args.compile)
+
+    def keep(vs: dict[str, FastPath]) -> dict[str, FastPath]:
+        return {k: v for k, v in vs.items() if k == "plain eager" or not any(x in k for x in args.skip)}
+
+    variants = keep(variants)
     n_train = 4000  # the bundled digits' training split; quick-profile stages below
     rows: list[dict[str, Any]] = []
 
@@ -206,7 +252,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.part in ("train", "all"):
         for kind, hidden, batch, epochs in nets:
             if kind in args.nets.split(","):
-                add(train_ratios(kind, hidden, batch, variants, device, args.rounds, args.steps, epochs * n_train))
+                fast, plan = auto_fast(kind, hidden, batch, device)
+                print(f"auto for {kind} D={hidden} b{batch}: {plan.announce()} (probe {plan.probe_seconds:.0f} s)\n"
+                      f"{plan.probe_markdown()}", flush=True)
+                runs = {**variants, auto_name(fast, device, False): fast}
+                add(train_ratios(kind, hidden, batch, runs, device, args.rounds, args.steps, epochs * n_train))
     if args.part in ("sample", "all"):
         svars = dict(variants)
         if device.type == "cpu":
@@ -217,9 +267,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                      "+ jit freeze (oneDNN)": FastPath(enabled=True, sample_jit=True)}
             if args.compile:
                 svars["+ compile"] = FastPath(enabled=True, sample_compile=True)
+        fast, plan = auto_fast("class", args.hidden, args.batch, device, samples=args.samples)
+        print(f"auto sampling for class D={args.hidden} n={args.samples}: probe {plan.probe_seconds:.0f} s\n"
+              f"{plan.probe_markdown()}", flush=True)
+        svars = keep(svars)
+        svars[auto_name(fast, device, True)] = fast
         add(sample_ratios(args.hidden, args.samples, args.timesteps, svars, device, args.rounds))
     table = markdown(rows)
-    header = (f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+    from difflab.autotune import cpu_bf16_native, device_label
+
+    header = (f"device {device} ({device_label(device)}; native bf16: "
+              f"{cpu_bf16_native() if device.type == 'cpu' else torch.cuda.is_bf16_supported()}), "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.1f} at the end")
     print(header)

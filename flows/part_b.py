@@ -21,7 +21,7 @@ from tasks.promotion import promote_models
 from tasks.refs import DataRef, StageRef
 from tasks.sampling import sample_stage
 from tasks.summary import publish_summary
-from tasks.training import train_stage
+from tasks.training import plan_part_b, train_stage
 
 
 @flow(name="part_b", log_prints=True)
@@ -30,6 +30,7 @@ def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) 
     config = config or PartBConfig()
     with _flow_run(config, "part_b", parent_run_id) as run_id:
         data = prepare_data(config.data, run_id)
+        plan_part_b(config, data, run_id)  # levers and epochs resolved on this machine, one line per stage
         refs = {stage: run_stage(config, stage, data, run_id) for stage in config.stages}
         quality = {}
         if config.evaluation.enabled:

@@ -15,12 +15,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import names, stages, tracking
+from difflab import names, planning, stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
 from difflab.files import CorruptFileError, set_aside
 from difflab.metrics import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
 from difflab.train import pick_device
+from tasks.progress import Ticker
 from tasks.refs import DataRef, StageRef
 from tasks.retry import retry_if_transient
 
@@ -45,26 +46,38 @@ def get_judge(cfg: PartBConfig, data: DataRef, mnist: MnistData):
 @task(name="evaluate", retries=1, retry_delay_seconds=5,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_run_id: str) -> dict[str, float]:
-    """Nested `evaluation` run; returns the headline metrics (also logged to the parent as eval.*)."""
+    """Nested `evaluation` run; returns the headline metrics (also logged to the parent as eval.*).
+
+    Each stage is evaluated with the levers resolved for this machine (the probe cached by its training),
+    and with budget_samples the number of samples is sized to the evaluation's share of the budget."""
     tracking.configure(cfg.tracking)
-    ev = cfg.evaluation
+    logger = get_run_logger()
     device = pick_device(cfg.device, cfg.cpu_threads)
     mnist = MnistData.load(data.path)
     real_train, real_test = to_float(mnist.train_images), to_float(mnist.test_images)
+    plans = {key: planning.resolve_stage(cfg, stages.STAGES[key], real_train, mnist.train_labels, device)
+             for key in refs}
+    eplan = planning.plan_evaluation(cfg, plans)
+    ev = cfg.evaluation.model_copy(update={"num_samples": eplan.num_samples})
+    logger.info(eplan.announce())
     with tracking.run("evaluation", cfg.tracking.experiment, parent_run_id,
                       {tracking.STAGE_TAG: "evaluation", "data_checksum": data.checksum}):
         started = time.perf_counter()
-        judge, acc, cached, judge_path = get_judge(cfg, data, mnist)
+        with Ticker("evaluation: the judge (trained once per data set, then cached)", 0.0, logger.info):
+            judge, acc, cached, judge_path = get_judge(cfg, data, mnist)
         tracking.log_params({**{f"judge.{k}": v for k, v in ev.judge.model_dump().items()},
-                             "num_samples": ev.num_samples, "judge.cached": cached})
+                             "num_samples": ev.num_samples, "judge.cached": cached, **eplan.params()})
         acc_noisy = judge_accuracy_corrupted(judge, mnist.test_images, mnist.test_labels)
         tracking.log_metrics({names.JUDGE_HELDOUT_ACCURACY: acc, names.JUDGE_HELDOUT_ACCURACY_NOISY: acc_noisy})
         tracking.log_file(judge_path, names.JUDGE_DIR)
         headline = {"judge_accuracy": acc, "judge_accuracy_noisy": acc_noisy}
         for key, ref in refs.items():
             st = stages.STAGES[key]
-            result = st.evaluate(stages.load(ref.checkpoint, device), st.config(cfg), ev, judge, real_train,
-                                 real_test, cfg.seed)
+            estimate = ev.num_samples * eplan.seconds_per_sample.get(st.name, 0.0)
+            with Ticker(f"evaluation of {st.name}" + (f" ({ev.num_samples} samples)" if st.generative else ""),
+                        estimate, logger.info):
+                result = st.evaluate(stages.load(ref.checkpoint, device), plans[key].apply(st.config(cfg)), ev,
+                                     judge, real_train, real_test, cfg.seed)
             tracking.log_metrics(result.metrics)
             headline.update(result.headline)
             for name, table in result.tables.items():

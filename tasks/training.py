@@ -15,8 +15,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import names, provenance, tracking, viz
-from difflab.config import PartBConfig, flatten_params, workdir
+from difflab import names, planning, provenance, tracking, viz
+from difflab.config import PartBConfig, TrainConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
 from difflab.locks import file_lock
 from difflab.stages import STAGES, Stage
@@ -42,26 +42,86 @@ def stage_cache_key(cfg: PartBConfig, stage: Stage, data: DataRef) -> str:
                                 provenance.package_hash())
 
 
+def resolve(cfg: PartBConfig, st: Stage, mnist: MnistData, device) -> planning.StagePlan:
+    """The stage's levers and epochs on this machine (a probe on its first run here, cached after)."""
+    return planning.resolve_stage(cfg, st, to_float(mnist.train_images), mnist.train_labels, device)
+
+
+def with_plan(cfg: PartBConfig, st: Stage, plan: planning.StagePlan) -> PartBConfig:
+    """The run's config with this stage's section resolved: what it trains with and is keyed by."""
+    return cfg.model_copy(update={st.name: plan.apply(st.config(cfg))})
+
+
+def log_plan(plan: planning.StagePlan, st: Stage, parent_run_id: str | None) -> None:
+    """In the stage's run: fast.resolved.*, plan.*, the probe table; on the flow's run, <stage>.fast.resolved.*
+    and <stage>.plan.* (only values that a rerun here repeats: MLflow refuses a param changed)."""
+    tracking.log_params(plan.params())
+    if plan.train_probe or plan.sample_probe:
+        tracking.log_text(plan.probe_markdown(), "fast_probe.md")
+        tracking.log_dict({"device": plan.device, "train": [m.__dict__ for m in plan.train_probe],
+                           "sample": [m.__dict__ for m in plan.sample_probe]}, "fast_probe.json")
+    if parent_run_id:
+        tracking.log_params({f"{st.name}.{k}": v for k, v in plan.stable_params().items()}, parent_run_id)
+
+
+@task(name="plan-part-b", cache_policy=NO_CACHE)
+def plan_part_b(cfg: PartBConfig, data: DataRef, parent_run_id: str) -> dict[str, str]:
+    """Resolve every configured stage's levers and epochs (probing where this machine has no cached probe)
+    and size the evaluation, so the run says at start, one line each, what it will do and how long it takes."""
+    logger = get_run_logger()
+    device = pick_device(cfg.device, cfg.cpu_threads)
+    mnist = MnistData.load(data.path)
+    plans = {}
+    for key in cfg.stages:
+        plans[key] = plan = resolve(cfg, STAGES[key], mnist, device)
+        for warning in plan.warnings:
+            logger.warning(warning)
+        logger.info(plan.announce())
+        tracking.log_params({f"{STAGES[key].name}.{k}": v for k, v in plan.stable_params().items()}, parent_run_id)
+    lines = {key: p.announce() for key, p in plans.items()}
+    if cfg.evaluation.enabled:
+        eplan = planning.plan_evaluation(cfg, plans)
+        logger.info(eplan.announce())
+        lines["evaluation"] = eplan.announce()
+        tracking.log_params({"evaluation.plan.num_samples": eplan.num_samples,
+                             "evaluation.plan.num_samples_source": eplan.source}, parent_run_id)
+    if cfg.budget_minutes:
+        total = sum(p.estimate_s for p in plans.values()) + (eplan.estimate_s if cfg.evaluation.enabled else 0)
+        logger.info("Part B: budget %.0f min, planned about %.0f min on %s", cfg.budget_minutes, total / 60,
+                    next(iter(plans.values())).device if plans else "this machine")
+        tracking.log_params({"plan.budget_minutes": cfg.budget_minutes}, parent_run_id)
+    return lines
+
+
 @task(name="train-stage", task_run_name="train-{stage}", retries=1, retry_delay_seconds=5,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def train_stage(cfg: PartBConfig, stage: str, data: DataRef, parent_run_id: str) -> StageRef:
     """Train one Part B network in a nested MLflow run, or point at an identical finished one.
 
-    One process at a time per stage and cache key: a run started beside another waits for it, then
-    finds its finished run and reuses it, instead of training into (and resuming from) the same folder."""
+    The levers and epochs are resolved first (difflab.planning; cached per machine), and the stage is keyed
+    by what it will really run. One process at a time per stage and cache key: a run started beside another
+    waits for it, then finds its finished run and reuses it, instead of training into (and resuming from)
+    the same folder."""
     tracking.configure(cfg.tracking)
     st = STAGES[stage]
+    configured = st.config(cfg)
+    plan = resolve(cfg, st, MnistData.load(data.path), pick_device(cfg.device, cfg.cpu_threads))
+    for warning in plan.warnings:
+        get_run_logger().warning(warning)
+    get_run_logger().info(plan.announce())
+    cfg = with_plan(cfg, st, plan)
     key = stage_cache_key(cfg, st, data)
     lock = checkpoint_root() / f"{key}.lock"  # beside the checkpoint folder, which may be deleted
     with file_lock(lock, cfg.lock_timeout_s, on_wait=lambda holder: get_run_logger().info(
             "%s is being trained by %s; waiting for it, then reusing its run", st.name, holder)):
         original = None if cfg.force else tracking.find_cached_run(cfg.tracking.experiment, key)
         if original:
-            return record_reuse(cfg, st, original, key, parent_run_id)
-        return train_and_log(cfg, st, key, data, parent_run_id)
+            return record_reuse(cfg, st, original, key, parent_run_id, plan)
+        return train_and_log(cfg, st, key, data, parent_run_id, plan, configured)
 
 
-def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_run_id: str) -> StageRef:
+def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_run_id: str,
+                 plan: planning.StagePlan | None = None) -> StageRef:
     """A `<stage> (reused)` run that points at the run holding the artifacts; fetch its final checkpoint."""
     old = tracking.get_run(original)
     metrics = {k: v for k, v in old.data.metrics.items() if k in (names.FINAL_LOSS, names.TRAIN_SECONDS)}
@@ -70,12 +130,17 @@ def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_ru
                       {**tags, tracking.REUSED_TAG: original}):
         tracking.log_params(old.data.params)
         tracking.log_metrics(metrics)
+        if plan is not None and parent_run_id:
+            tracking.log_params({f"{st.name}.{k}": v for k, v in plan.stable_params().items()}, parent_run_id)
     ckpt = tracking.download(original, names.FINAL_CHECKPOINT, checkpoint_root() / key / "reused")
     get_run_logger().info("%s unchanged since run %s: reused (pass force=true to retrain)", st.name, original)
     return StageRef(stage=st.key, run_id=original, checkpoint=str(ckpt), metrics=metrics, reused=True)
 
 
-def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_run_id: str) -> StageRef:
+def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_run_id: str,
+                  splan: planning.StagePlan | None = None, configured: TrainConfig | None = None) -> StageRef:
+    """Train with cfg (its stage section already resolved by `plan`) in a new run; the run's params are the
+    configured values (`fast.amp=auto`) beside the resolved ones (`fast.resolved.amp`) and the plan `splan`."""
     scfg = st.config(cfg)
     ckpt_dir = checkpoint_root() / key
     if cfg.force:
@@ -95,13 +160,15 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
     with tracking.run(st.name, cfg.tracking.experiment, parent_run_id, tags) as run_id:
         (ckpt_dir / RUN_FILE).parent.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
-        tracking.log_params({**flatten_params(scfg), "seed": cfg.seed, "profile": cfg.profile,
+        tracking.log_params({**flatten_params(configured or scfg), "seed": cfg.seed, "profile": cfg.profile,
                              "plan.epochs": plan.epochs, "plan.steps_per_epoch": plan.steps_per_epoch,
                              "plan.snapshot_epochs": plan.snapshot_epochs, "plan.lr_gamma": plan.lr_gamma,
                              "plan.epoch_scale": plan.epoch_scale, "data.n_train": len(y_train)})
         if plan.epoch_scale != 1:
             tracking.log_tags({"steps_policy": f"course optimizer steps kept: {plan.epochs} epochs of "
                                                f"{len(y_train)} images instead of {scfg.epochs} of 60,000"})
+        if splan is not None:
+            log_plan(splan, st, parent_run_id)
         _log_figures(st.figures_before(scfg, x_test, cfg.seed))
         progress = EpochProgress(st.name, plan.epochs)
 

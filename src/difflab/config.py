@@ -61,6 +61,9 @@ class DataConfig(_Strict):
     """Cap on training images (tiny test runs); None keeps them all."""
     probe_timeout_s: float = Field(3.0, gt=0)
     """How long the reachability check of the torchvision mirror may take."""
+    check_digits: bool = True
+    """Refuse data that does not look like upright MNIST digits (transposed as EMNIST, clothes, inverted) before
+    any training; false trains on it anyway. Labels 0..9 and 28x28 images are always required."""
 
 
 class FastPath(_Strict):

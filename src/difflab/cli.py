@@ -168,8 +168,39 @@ def _start_prefect_once() -> None:
 
     from difflab.locks import file_lock
 
-    with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"):
-        SubprocessASGIServer().start()
+    from difflab.procs import children_die_with_parent
+
+    with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"), children_die_with_parent():
+        SubprocessASGIServer().start()  # dies with this process, even on SIGKILL (atexit alone would not run)
+
+
+class PrefectUnreachable(RuntimeError):
+    """PREFECT_API_URL names a Prefect server that does not answer; the message names it and the fix."""
+
+
+def probe_prefect(timeout_s: float) -> None:
+    """Stop at once, in one line, when PREFECT_API_URL is set and its /health does not answer (like the
+    MLflow probe, tracking.probe): otherwise the first flow call prints three chained tracebacks."""
+    import urllib.error
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    fix = ("start it (difflab stack up, or prefect server start), or unset PREFECT_API_URL (and `prefect config "
+           "unset PREFECT_API_URL`) to run on a temporary local server")
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # a server behind authentication (Prefect Cloud): it answered
+        raise PrefectUnreachable(f"Prefect API PREFECT_API_URL={url} answered HTTP {exc.code} at /health: not a "
+                                 f"Prefect API; {fix}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PrefectUnreachable(f"Prefect API PREFECT_API_URL={url} is not reachable ({reason}); {fix}") from None
 
 
 def _tracking_config(config):
@@ -233,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     tracking_cfg = _tracking_config(config)
     try:
         tracking.probe(tracking_cfg)
-    except tracking.TrackingUnreachable as exc:
+        probe_prefect(tracking_cfg.probe_timeout_s)
+    except (tracking.TrackingUnreachable, PrefectUnreachable) as exc:
         print(f"difflab: error: {exc}", file=sys.stderr)
         return 2
     flow = _load(flow_ref)
@@ -263,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
     else:
         print(f"difflab: {args.command} ended {state.type.value}: {state.message}", file=sys.stderr)
-    return 2 if isinstance(exc, _user_error_types()) else 1
+    from difflab.errors import is_user_error
+
+    return 2 if isinstance(exc, BaseException) and is_user_error(exc) else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -38,3 +39,58 @@ def alive(pid: int, start_time: str | None = None) -> bool:
     except OSError:
         return False
     return True
+
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+"""prctl(2) options (linux/prctl.h)."""
+
+
+def _prctl(option: int, value: int) -> bool:
+    """prctl(option, value) on Linux; False where it is not available (macOS) or refused."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the thread that started it ends, however it ends (SIGKILL
+    included), so a helper server never outlives its owner as an orphan."""
+    import signal
+
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def children_die_with_parent():
+    """Within the block, every subprocess.Popen (Prefect's temporary server among them) starts with
+    die_with_parent, unless the caller gave its own preexec_fn or start_new_session (a detached server)."""
+    import subprocess
+
+    real = subprocess.Popen
+
+    class Popen(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args, **kwargs):
+            if kwargs.get("preexec_fn") is None and not kwargs.get("start_new_session"):
+                kwargs["preexec_fn"] = die_with_parent
+            super().__init__(*args, **kwargs)
+
+    subprocess.Popen = Popen
+    try:
+        yield
+    finally:
+        subprocess.Popen = real
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants of this process are re-parented to it instead of init (Linux), so they can be
+    found and stopped (the test suite's leak check). Returns whether it took effect."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -495,7 +495,15 @@ def search_runs(experiments: Sequence[str] | None = None, filter_string: str = "
         frames = [mlflow.search_runs(experiment_ids=[get_run(r).info.experiment_id],
                                      filter_string=f"attributes.run_id = '{r}'") for r in run_ids]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return mlflow.search_runs(experiment_names=list(experiments or []), filter_string=filter_string)
+    try:
+        return mlflow.search_runs(experiment_names=list(experiments or []), filter_string=filter_string)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE" or not filter_string:
+            raise
+        first = str(exc.message).splitlines()[0] if str(exc.message) else exc.error_code
+        raise ValueError(f"filter {filter_string!r} is not a valid MLflow search filter ({first}); fix --set "
+                         "filter=... (param and tag values are strings: quote them, e.g. "
+                         "params.class_ddpm.guidance = '5.0')") from None
 
 
 def child_runs(run_id: str) -> list:

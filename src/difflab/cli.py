@@ -235,6 +235,36 @@ def _disk_full_line(exc: BaseException) -> str | None:
            "free some space and rerun (training resumes from its last checkpoint)"
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+def _interrupted(command: str, tracking_cfg) -> int:
+    """Ctrl-C: one line naming where training stopped, this process's runs ended KILLED in MLflow and
+    CANCELLED in Prefect; the last epoch checkpoint stays, so the same command resumes from it."""
+    import signal
+
+    from tasks.progress import EpochProgress
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+    last = EpochProgress.last
+    if last is not None and last[1] < last[2]:
+        where = f"{last[0]} epoch {last[1] + 1}/{last[2]}"
+        line = f"interrupted at {where}; rerun the same command to resume from it"
+    else:
+        where = command
+        line = f"interrupted during {command}; rerun the same command to resume (finished stages are reused)"
+    try:
+        from difflab import tracking
+
+        tracking.configure(tracking_cfg)
+        tracking.end_interrupted_runs(f"interrupted (Ctrl-C) at {where}")
+    except Exception:  # noqa: BLE001 - the one line matters more than the bookkeeping
+        pass
+    print(f"difflab: {line}", file=sys.stderr)
+    return INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("stack", "runs"):
@@ -270,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     flow = _load(flow_ref)
     _start_prefect_once()
-    state = flow(config=config, return_state=True)
+    try:
+        state = flow(config=config, return_state=True)
+    except KeyboardInterrupt:
+        return _interrupted(args.command, tracking_cfg)
     if state.is_completed():
         result = state.result()
         run_id = result.get("run_id") if isinstance(result, dict) else None

@@ -302,6 +302,45 @@ def crash_prefect_flow_runs(reasons: Mapping[str, str]) -> list[str]:
     return changed
 
 
+def end_interrupted_runs(reason: str) -> list[str]:
+    """After Ctrl-C: this process's MLflow runs still RUNNING end KILLED (tracking.run ends those the
+    interrupt passed through already), each interrupted run gets `reason` in its difflab.error tag, and
+    their Prefect flow runs are set CANCELLED (Prefect's state for a run stopped on purpose) where an API
+    answers. Returns the ids of the MLflow runs ended or found KILLED. Artifacts (checkpoints) stay."""
+    pid = os.getpid()
+    tags = process_tags()
+    client = MlflowClient()
+    query = (f"tags.`{PID_TAG}` = '{pid}' and tags.`{HOST_TAG}` = '{tags[HOST_TAG]}' and "
+             f"tags.`{PID_START_TAG}` = '{tags[PID_START_TAG]}'")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, query, max_results=1000) if exps else []
+    ended, flow_runs = [], {}
+    for r in runs:
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, "KILLED")
+        elif r.info.status != "KILLED":
+            continue
+        client.set_tag(r.info.run_id, ERROR_TAG, reason[:_PARAM_MAX])
+        ended.append(r.info.run_id)
+        if r.data.tags.get(PREFECT_FLOW_RUN_TAG):
+            flow_runs[r.data.tags[PREFECT_FLOW_RUN_TAG]] = reason
+    if flow_runs:
+        _cancel_prefect_flow_runs(flow_runs)
+    return ended
+
+
+def _cancel_prefect_flow_runs(reasons: Mapping[str, str]) -> None:
+    """Set these Prefect flow runs CANCELLED with the reason; quietly nothing when no Prefect API answers."""
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            for flow_run_id, reason in reasons.items():
+                with contextlib.suppress(Exception):
+                    client.set_flow_run_state(flow_run_id, Cancelled(message=f"difflab: {reason}"), force=True)
+
+
 def _reap_quietly(experiment: str) -> None:
     """The run doctor at a flow's start: never let housekeeping fail the flow."""
     try:

@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tracking.probe(tracking_cfg)
         probe_prefect(tracking_cfg.probe_timeout_s)
-    except (tracking.TrackingUnreachable, PrefectUnreachable) as exc:
+    except (tracking.TrackingUnreachable, tracking.StoreLocked, PrefectUnreachable) as exc:
         print(f"difflab: error: {exc}", file=sys.stderr)
         return 2
     flow = _load(flow_ref)
@@ -318,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     disk_full = _disk_full_line(exc) if isinstance(exc, BaseException) else None
     if disk_full:
         print(f"difflab: error: {disk_full}", file=sys.stderr)
+        return 2
+    if isinstance(exc, BaseException) and tracking.is_locked_store(exc):
+        uri = tracking.tracking_uri(tracking_cfg)
+        where = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri
+        print(f"difflab: error: {tracking.locked_store_line(where)}; what "
+              "finished before is recorded", file=sys.stderr)
         return 2
     if isinstance(exc, BaseException) and tracking.is_unreachable(exc):
         print(f"difflab: error: lost the MLflow tracking server {tracking.tracking_uri(tracking_cfg)} mid-run; "

@@ -183,6 +183,9 @@ class TrackingConfig(_Strict):
     model_name_prefix: str = "difflab"
     probe_timeout_s: float = Field(5.0, gt=0)
     """A tracking server must answer within this long at start, or the run stops before any work."""
+    store_lock_timeout_s: float = Field(20.0, ge=0)
+    """A local sqlite store locked by another program (a DB browser, a `sqlite3` shell mid-transaction) is
+    waited on this long at start, then the run stops in one line naming the store and its holder."""
     http_timeout_s: int = Field(10, gt=0)
     """Each request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT, when not set by the user)."""
     http_max_retries: int = Field(2, ge=0)

@@ -85,12 +85,82 @@ def _create_store_once(uri: str) -> None:
     _READY_STORES.add(uri)
 
 
+class StoreLocked(RuntimeError):
+    """A local sqlite store stayed locked by another process past tracking.store_lock_timeout_s."""
+
+
+def store_holders(path: str | Path) -> list[str]:
+    """'pid N (command)' of every other process that has path open (psutil; [] where it cannot tell)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    target = os.path.realpath(path)
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if any(os.path.realpath(f.path) == target for f in proc.open_files()):
+                command = " ".join(" ".join(proc.info["cmdline"] or [proc.name()]).split())
+                found.append(f"pid {proc.pid} ({command[:80]})")
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def locked_store_line(db: str | Path, waited_s: float | None = None) -> str:
+    """The one line for a locked sqlite store: which file, who holds it, what to do."""
+    holders = store_holders(db)
+    who = ", ".join(holders) if holders else "another process (not found among this user's processes)"
+    waited = f" (waited {waited_s:g} s)" if waited_s is not None else ""
+    return (f"the MLflow store {Path(db).resolve()} is locked by {who}{waited}; close that "
+            "program or let that run finish, then rerun (or raise tracking.store_lock_timeout_s)")
+
+
+def is_locked_store(exc: BaseException | None) -> bool:
+    """Whether exc (or its cause) is SQLite's 'database is locked'."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StoreLocked) or "database is locked" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _probe_sqlite(uri: str, timeout_s: float) -> None:
+    """Take and release a write lock on an existing sqlite store, waiting up to timeout_s for another holder."""
+    import sqlite3
+    import time
+
+    db = Path(uri[len("sqlite:///"):])
+    if not db.is_file():
+        return
+    started = time.monotonic()
+    try:
+        con = sqlite3.connect(db, timeout=timeout_s)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        raise StoreLocked(locked_store_line(db, round(time.monotonic() - started))) from None
+
+
 def probe(cfg: TrackingConfig | None = None) -> None:
-    """Stop at once, in one line, when an http(s) tracking server does not answer (local stores pass)."""
+    """Stop at once, in one line, when an http(s) tracking server does not answer, or when a local sqlite
+    store stays locked by another program for tracking.store_lock_timeout_s."""
     import urllib.error
     import urllib.request
 
     uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        _probe_sqlite(uri, (cfg or TrackingConfig()).store_lock_timeout_s)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     timeout = (cfg or TrackingConfig()).probe_timeout_s

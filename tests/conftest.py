@@ -44,13 +44,14 @@ def nothing_left_running():
     me = psutil.Process()
     _, alive = psutil.wait_procs(me.children(recursive=True), timeout=LEAK_GRACE_S)
     alive = [p for p in alive if _running(p)]
+    described = [f"pid {p.pid} {_cmdline(p)}" for p in alive]
     for p in alive:  # stop them anyway: a leak must not outlive the suite either
         with _gone(psutil):
             p.kill()
     _reap_zombies()
     if alive:
         pytest.fail("left running after the tests (their owner did not stop them): "
-                    + "; ".join(f"pid {p.pid} {_cmdline(p)}" for p in alive), pytrace=False)
+                    + "; ".join(described), pytrace=False)
 
 
 def _running(p) -> bool:

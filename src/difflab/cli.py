@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab: error: {exc}", file=sys.stderr)
         return 2
     flow = _load(flow_ref)
-    _start_prefect_once()
     try:
+        _start_prefect_once()
         state = flow(config=config, return_state=True)
     except KeyboardInterrupt:
         return _interrupted(args.command, tracking_cfg)

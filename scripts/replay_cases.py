@@ -91,7 +91,7 @@ def judge(case: Path, out: str) -> list[str]:
     """What went against Expected ([] = PASS)."""
     rules = rules_for(case)
     problems = []
-    exits = [int(x) for x in re.findall(r"difflab exit status: (-?\d+)", out)]
+    exits = [int(x) for x in re.findall(r"\S+ exit status: (-?\d+)", out)]
     if not exits:
         return ["no `difflab exit status` line (run.sh failed?)"]
     if "exits" in rules:
@@ -107,7 +107,8 @@ def judge(case: Path, out: str) -> list[str]:
         problems += [f"{n} tracebacks printed behind a user error" for n in re.findall(r"tracebacks printed: (\d+)", out)
                      if int(n)]
         problems += [f"{n} retries of a user error" for n in re.findall(r"retries of a failed task: (\d+)", out) if int(n)]
-        message = " ".join(re.findall(r"(?:error line|last line): (.*)", out)).lower()
+        message = " ".join(re.findall(r"(?:error line|last line): (.*)", out) +
+                           re.findall(r"difflab: error: .*", out)).lower()
         problems += [f"the message lacks {w!r}" for w in rules.get("words", []) if w.lower() not in message]
     for verdict in re.findall(r"VERDICT: (.*)", out):
         if re.search(r"\b[A-Z]{3,}\b", verdict):  # the checks shout what went wrong: NOT, LOST, MISREAD
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         failed += bool(problems)
         print(f"{'PASS' if not problems else 'FAIL'}  {case.name}  ({time.monotonic() - started:.0f} s)")
         print(f"      expected: {expected_line(case)}")
-        for line in re.findall(r"(?:difflab exit status|error line|last line|VERDICT|registered model versions).*", out):
+        for line in re.findall(r"(?:\S+ exit status|error line|last line|VERDICT|registered model versions).*", out):
             print(f"      {line[:300]}")
         for problem in problems:
             print(f"      -> {problem}")

@@ -174,6 +174,58 @@ def _start_prefect_once() -> None:
         SubprocessASGIServer().start()  # dies with this process, even on SIGKILL (atexit alone would not run)
 
 
+def _stop_prefect_server() -> None:
+    """Stop this process's temporary Prefect server now rather than at exit, so that difflab's own last line
+    (the run's link, or the one-line error) is the last thing printed, not "Stopping temporary server"."""
+    import contextlib
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    servers = [s for s in SubprocessASGIServer._instances.values() if s.server_process is not None]
+    if not servers:
+        return
+
+    async def drain() -> None:  # as prefect_test_harness does: logs and events still queued reach the server
+        for pending in (lambda: APILogWorker.instance().drain(), EventsWorker.drain_all):
+            with contextlib.suppress(Exception):
+                result = pending()
+                if inspect.isawaitable(result):
+                    await result
+
+    with contextlib.suppress(Exception):
+        run_coro_as_sync(drain())
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+class _UserErrorTraceback:
+    """A logging filter: a record about a user error (difflab.errors.is_user_error) keeps its message (which
+    is the one line naming the problem and the fix) but loses the traceback Prefect attaches to it."""
+
+    def filter(self, record) -> bool:
+        from difflab.errors import is_user_error
+
+        if record.exc_info and is_user_error(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    """Prefect logs a failed task's and flow's traceback; for a user error the one line is the whole story."""
+    import logging
+
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", ""):
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if not any(isinstance(f, _UserErrorTraceback) for f in handler.filters):
+                handler.addFilter(_UserErrorTraceback())
+
+
 class PrefectUnreachable(RuntimeError):
     """PREFECT_API_URL names a Prefect server that does not answer; the message names it and the fix."""
 
@@ -261,6 +313,7 @@ def _interrupted(command: str, tracking_cfg) -> int:
         tracking.end_interrupted_runs(f"interrupted (Ctrl-C) at {where}")
     except Exception:  # noqa: BLE001 - the one line matters more than the bookkeeping
         pass
+    _stop_prefect_server()
     print(f"difflab: {line}", file=sys.stderr)
     return INTERRUPTED
 
@@ -299,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab: error: {exc}", file=sys.stderr)
         return 2
     flow = _load(flow_ref)
+    _quiet_user_error_tracebacks()
     try:
         _start_prefect_once()
         state = flow(config=config, return_state=True)
     except KeyboardInterrupt:
         return _interrupted(args.command, tracking_cfg)
+    _stop_prefect_server()
     if state.is_completed():
         result = state.result()
         run_id = result.get("run_id") if isinstance(result, dict) else None

@@ -170,8 +170,14 @@ def _start_prefect_once() -> None:
 
     from difflab.procs import children_die_with_parent
 
+    global _OWN_SERVER
     with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"), children_die_with_parent():
-        SubprocessASGIServer().start()  # dies with this process, even on SIGKILL (atexit alone would not run)
+        _OWN_SERVER = SubprocessASGIServer()
+        _OWN_SERVER.start()  # dies with this process, even on SIGKILL (atexit alone would not run)
+
+
+_OWN_SERVER = None
+"""The temporary Prefect server this CLI started (never one a caller, such as a test harness, runs)."""
 
 
 def _stop_prefect_server() -> None:
@@ -185,7 +191,7 @@ def _stop_prefect_server() -> None:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    servers = [s for s in SubprocessASGIServer._instances.values() if s.server_process is not None]
+    servers = [s for s in SubprocessASGIServer._instances.values() if s is _OWN_SERVER and s.server_process]
     if not servers:
         return
 

@@ -234,7 +234,8 @@ def _section_inpaint(cfg, b, image):
                                   None, ["original", "mask", "kept", "inpainted"], "inpainting"), names.INPAINT)
     _stage2(cfg, b, res.image, [None], names.INPAINT)
     outside = float(((res.image - image).abs() * (1 - mask)).max())
-    tracking.log_metrics({names.UNMASKED_MAX_ABS_CHANGE: outside})
+    # The share repainted beside the change outside the mask: a 0.0 change means something only if pixels were kept.
+    tracking.log_metrics({names.UNMASKED_MAX_ABS_CHANGE: outside, names.REPAINTED_SHARE: float(mask.mean())})
     return {"mask": cfg.inpaint_mask or cfg.inpaint_rect.model_dump()}
 
 

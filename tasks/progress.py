@@ -13,8 +13,13 @@ from tqdm.auto import tqdm
 
 
 class EpochProgress:
+    last: tuple[str, int, int] | None = None
+    """(stage, epochs done, total) of the newest training in this process, kept after it ends: what the CLI
+    names when Ctrl-C stops a run ("interrupted at time_ddpm epoch 13/36")."""
+
     def __init__(self, stage: str, total_epochs: int, start: int = 0):
         self.stage, self.total = stage, total_epochs
+        EpochProgress.last = (stage, start, total_epochs)
         self.bar = tqdm(total=total_epochs, initial=start, desc=stage, unit="epoch", file=sys.stderr,
                         dynamic_ncols=True, leave=True)
         self.artifact_id = None
@@ -25,6 +30,7 @@ class EpochProgress:
                                                         description=f"{stage}: epochs done")
 
     def update(self, epoch: int, loss: float) -> None:
+        EpochProgress.last = (self.stage, epoch, self.total)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}")
         if self.artifact_id is not None:

@@ -168,8 +168,97 @@ def _start_prefect_once() -> None:
 
     from difflab.locks import file_lock
 
-    with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"):
-        SubprocessASGIServer().start()
+    from difflab.procs import children_die_with_parent
+
+    global _OWN_SERVER
+    with file_lock(Path(PREFECT_HOME.value()) / "difflab-server-start.lock"), children_die_with_parent():
+        _OWN_SERVER = SubprocessASGIServer()
+        _OWN_SERVER.start()  # dies with this process, even on SIGKILL (atexit alone would not run)
+
+
+_OWN_SERVER = None
+"""The temporary Prefect server this CLI started (never one a caller, such as a test harness, runs)."""
+
+
+def _stop_prefect_server() -> None:
+    """Stop this process's temporary Prefect server now rather than at exit, so that difflab's own last line
+    (the run's link, or the one-line error) is the last thing printed, not "Stopping temporary server"."""
+    import contextlib
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    servers = [s for s in SubprocessASGIServer._instances.values() if s is _OWN_SERVER and s.server_process]
+    if not servers:
+        return
+
+    async def drain() -> None:  # as prefect_test_harness does: logs and events still queued reach the server
+        for pending in (lambda: APILogWorker.instance().drain(), EventsWorker.drain_all):
+            with contextlib.suppress(Exception):
+                result = pending()
+                if inspect.isawaitable(result):
+                    await result
+
+    with contextlib.suppress(Exception):
+        run_coro_as_sync(drain())
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+class _UserErrorTraceback:
+    """A logging filter: a record about a user error (difflab.errors.is_user_error) keeps its message (which
+    is the one line naming the problem and the fix) but loses the traceback Prefect attaches to it."""
+
+    def filter(self, record) -> bool:
+        from difflab.errors import is_user_error
+
+        if record.exc_info and is_user_error(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    """Prefect logs a failed task's and flow's traceback; for a user error the one line is the whole story."""
+    import logging
+
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", ""):
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if not any(isinstance(f, _UserErrorTraceback) for f in handler.filters):
+                handler.addFilter(_UserErrorTraceback())
+
+
+class PrefectUnreachable(RuntimeError):
+    """PREFECT_API_URL names a Prefect server that does not answer; the message names it and the fix."""
+
+
+def probe_prefect(timeout_s: float) -> None:
+    """Stop at once, in one line, when PREFECT_API_URL is set and its /health does not answer (like the
+    MLflow probe, tracking.probe): otherwise the first flow call prints three chained tracebacks."""
+    import urllib.error
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    fix = ("start it (difflab stack up, or prefect server start), or unset PREFECT_API_URL (and `prefect config "
+           "unset PREFECT_API_URL`) to run on a temporary local server")
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # a server behind authentication (Prefect Cloud): it answered
+        raise PrefectUnreachable(f"Prefect API PREFECT_API_URL={url} answered HTTP {exc.code} at /health: not a "
+                                 f"Prefect API; {fix}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PrefectUnreachable(f"Prefect API PREFECT_API_URL={url} is not reachable ({reason}); {fix}") from None
 
 
 def _tracking_config(config):
@@ -204,6 +293,37 @@ def _disk_full_line(exc: BaseException) -> str | None:
            "free some space and rerun (training resumes from its last checkpoint)"
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+def _interrupted(command: str, tracking_cfg) -> int:
+    """Ctrl-C: one line naming where training stopped, this process's runs ended KILLED in MLflow and
+    CANCELLED in Prefect; the last epoch checkpoint stays, so the same command resumes from it."""
+    import signal
+
+    from tasks.progress import EpochProgress
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+    last = EpochProgress.last
+    if last is not None and last[1] < last[2]:
+        where = f"{last[0]} epoch {last[1] + 1}/{last[2]}"
+        line = f"interrupted at {where}; rerun the same command to resume from it"
+    else:
+        where = command
+        line = f"interrupted during {command}; rerun the same command to resume (finished stages are reused)"
+    try:
+        from difflab import tracking
+
+        tracking.configure(tracking_cfg)
+        tracking.end_interrupted_runs(f"interrupted (Ctrl-C) at {where}")
+    except Exception:  # noqa: BLE001 - the one line matters more than the bookkeeping
+        pass
+    _stop_prefect_server()
+    print(f"difflab: {line}", file=sys.stderr)
+    return INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("stack", "runs"):
@@ -233,12 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     tracking_cfg = _tracking_config(config)
     try:
         tracking.probe(tracking_cfg)
-    except tracking.TrackingUnreachable as exc:
+        probe_prefect(tracking_cfg.probe_timeout_s)
+    except (tracking.TrackingUnreachable, tracking.StoreLocked, PrefectUnreachable) as exc:
         print(f"difflab: error: {exc}", file=sys.stderr)
         return 2
     flow = _load(flow_ref)
-    _start_prefect_once()
-    state = flow(config=config, return_state=True)
+    _quiet_user_error_tracebacks()
+    try:
+        _start_prefect_once()
+        state = flow(config=config, return_state=True)
+    except KeyboardInterrupt:
+        return _interrupted(args.command, tracking_cfg)
+    _stop_prefect_server()
     if state.is_completed():
         result = state.result()
         run_id = result.get("run_id") if isinstance(result, dict) else None
@@ -254,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     if disk_full:
         print(f"difflab: error: {disk_full}", file=sys.stderr)
         return 2
+    if isinstance(exc, BaseException) and tracking.is_locked_store(exc):
+        uri = tracking.tracking_uri(tracking_cfg)
+        where = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri
+        print(f"difflab: error: {tracking.locked_store_line(where)}; what "
+              "finished before is recorded", file=sys.stderr)
+        return 2
     if isinstance(exc, BaseException) and tracking.is_unreachable(exc):
         print(f"difflab: error: lost the MLflow tracking server {tracking.tracking_uri(tracking_cfg)} mid-run; "
               "the local checkpoints under .difflab/checkpoints are kept: start the server again and rerun the "
@@ -263,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab: error: {_one_line(exc)}", file=sys.stderr)
     else:
         print(f"difflab: {args.command} ended {state.type.value}: {state.message}", file=sys.stderr)
-    return 2 if isinstance(exc, _user_error_types()) else 1
+    from difflab.errors import is_user_error
+
+    return 2 if isinstance(exc, BaseException) and is_user_error(exc) else 1
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class DataConfig(_Strict):
     """Cap on training images (tiny test runs); None keeps them all."""
     probe_timeout_s: float = Field(3.0, gt=0)
     """How long the reachability check of the torchvision mirror may take."""
+    check_digits: bool = True
+    """Refuse data that does not look like upright MNIST digits (transposed as EMNIST, clothes, inverted) before
+    any training; false trains on it anyway. Labels 0..9 and 28x28 images are always required."""
 
 
 Auto = Literal["auto"]
@@ -231,6 +234,9 @@ class TrackingConfig(_Strict):
     model_name_prefix: str = "difflab"
     probe_timeout_s: float = Field(5.0, gt=0)
     """A tracking server must answer within this long at start, or the run stops before any work."""
+    store_lock_timeout_s: float = Field(20.0, ge=0)
+    """A local sqlite store locked by another program (a DB browser, a `sqlite3` shell mid-transaction) is
+    waited on this long at start, then the run stops in one line naming the store and its holder."""
     http_timeout_s: int = Field(10, gt=0)
     """Each request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT, when not set by the user)."""
     http_max_retries: int = Field(2, ge=0)

@@ -34,8 +34,27 @@ PERMANENT_TYPES: tuple[type[BaseException], ...] = (TypeError, AttributeError, K
 """Programming errors and interrupts: retrying runs the same code on the same input again."""
 
 
+USER_ERROR_CODES = ("INVALID_PARAMETER_VALUE",)
+"""MLflow error codes that mean the request itself is wrong (a bad search filter, a value MLflow refuses):
+the same request fails the same way on every try."""
+
+
+def is_user_error(exc: BaseException | None) -> bool:
+    """exc is something the user must fix: one of user_error_types(), a file that is not the gzip its
+    name says (gzip.BadGzipFile), or an MLflow error whose code is in USER_ERROR_CODES (duck-typed:
+    this module does not import MLflow)."""
+    import gzip
+
+    if exc is None:
+        return False
+    if isinstance(exc, user_error_types() + (gzip.BadGzipFile,)):
+        return True
+    return any(t.__name__ == "MlflowException" for t in type(exc).__mro__) and \
+        getattr(exc, "error_code", None) in USER_ERROR_CODES
+
+
 def is_retryable(exc: BaseException | None) -> bool:
     """True unless exc is a user error or a programming error (a network hiccup, a lost worker: retry)."""
     if exc is None:
         return True
-    return not isinstance(exc, user_error_types() + PERMANENT_TYPES)
+    return not (is_user_error(exc) or isinstance(exc, PERMANENT_TYPES))

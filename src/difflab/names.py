@@ -94,6 +94,8 @@ MSE_ITERATIVE = "mse_iterative"
 MSE_ONE_STEP = "mse_one_step"
 MSE_BLUR = "mse_blur"
 UNMASKED_MAX_ABS_CHANGE = "unmasked_max_abs_change"
+REPAINTED_SHARE = "repainted_share"
+"""Part A inpainting: the share of pixels the mask repaints, beside the change outside it (so a 0.0 is not vacuous)."""
 
 # ----------------------------------------------------------------- artifacts
 CHECKPOINTS_DIR = "checkpoints"

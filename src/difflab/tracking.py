@@ -80,12 +80,82 @@ def _create_store_once(uri: str) -> None:
     _READY_STORES.add(uri)
 
 
+class StoreLocked(RuntimeError):
+    """A local sqlite store stayed locked by another process past tracking.store_lock_timeout_s."""
+
+
+def store_holders(path: str | Path) -> list[str]:
+    """'pid N (command)' of every other process that has path open (psutil; [] where it cannot tell)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    target = os.path.realpath(path)
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if any(os.path.realpath(f.path) == target for f in proc.open_files()):
+                command = " ".join(" ".join(proc.info["cmdline"] or [proc.name()]).split())
+                found.append(f"pid {proc.pid} ({command[:80]})")
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def locked_store_line(db: str | Path, waited_s: float | None = None) -> str:
+    """The one line for a locked sqlite store: which file, who holds it, what to do."""
+    holders = store_holders(db)
+    who = ", ".join(holders) if holders else "another process (not found among this user's processes)"
+    waited = f" (waited {waited_s:g} s)" if waited_s is not None else ""
+    return (f"the MLflow store {Path(db).resolve()} is locked by {who}{waited}; close that "
+            "program or let that run finish, then rerun (or raise tracking.store_lock_timeout_s)")
+
+
+def is_locked_store(exc: BaseException | None) -> bool:
+    """Whether exc (or its cause) is SQLite's 'database is locked'."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StoreLocked) or "database is locked" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _probe_sqlite(uri: str, timeout_s: float) -> None:
+    """Take and release a write lock on an existing sqlite store, waiting up to timeout_s for another holder."""
+    import sqlite3
+    import time
+
+    db = Path(uri[len("sqlite:///"):])
+    if not db.is_file():
+        return
+    started = time.monotonic()
+    try:
+        con = sqlite3.connect(db, timeout=timeout_s)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        raise StoreLocked(locked_store_line(db, round(time.monotonic() - started))) from None
+
+
 def probe(cfg: TrackingConfig | None = None) -> None:
-    """Stop at once, in one line, when an http(s) tracking server does not answer (local stores pass)."""
+    """Stop at once, in one line, when an http(s) tracking server does not answer, or when a local sqlite
+    store stays locked by another program for tracking.store_lock_timeout_s."""
     import urllib.error
     import urllib.request
 
     uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        _probe_sqlite(uri, (cfg or TrackingConfig()).store_lock_timeout_s)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     timeout = (cfg or TrackingConfig()).probe_timeout_s
@@ -287,6 +357,45 @@ def set_flow_run_crasher(crash: FlowRunCrasher | None) -> None:
     _flow_run_crasher = crash
 
 
+def end_interrupted_runs(reason: str) -> list[str]:
+    """After Ctrl-C: this process's MLflow runs still RUNNING end KILLED (tracking.run ends those the
+    interrupt passed through already), each interrupted run gets `reason` in its difflab.error tag, and
+    their Prefect flow runs are set CANCELLED (Prefect's state for a run stopped on purpose) where an API
+    answers. Returns the ids of the MLflow runs ended or found KILLED. Artifacts (checkpoints) stay."""
+    pid = os.getpid()
+    tags = process_tags()
+    client = MlflowClient()
+    query = (f"tags.`{PID_TAG}` = '{pid}' and tags.`{HOST_TAG}` = '{tags[HOST_TAG]}' and "
+             f"tags.`{PID_START_TAG}` = '{tags[PID_START_TAG]}'")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, query, max_results=1000) if exps else []
+    ended, flow_runs = [], {}
+    for r in runs:
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, "KILLED")
+        elif r.info.status != "KILLED":
+            continue
+        client.set_tag(r.info.run_id, ERROR_TAG, reason[:_PARAM_MAX])
+        ended.append(r.info.run_id)
+        if r.data.tags.get(PREFECT_FLOW_RUN_TAG):
+            flow_runs[r.data.tags[PREFECT_FLOW_RUN_TAG]] = reason
+    if flow_runs:
+        _cancel_prefect_flow_runs(flow_runs)
+    return ended
+
+
+def _cancel_prefect_flow_runs(reasons: Mapping[str, str]) -> None:
+    """Set these Prefect flow runs CANCELLED with the reason; quietly nothing when no Prefect API answers."""
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            for flow_run_id, reason in reasons.items():
+                with contextlib.suppress(Exception):
+                    client.set_flow_run_state(flow_run_id, Cancelled(message=f"difflab: {reason}"), force=True)
+
+
 def _reap_quietly(experiment: str) -> None:
     """The run doctor at a flow's start: never let housekeeping fail the flow."""
     try:
@@ -480,7 +589,15 @@ def search_runs(experiments: Sequence[str] | None = None, filter_string: str = "
         frames = [mlflow.search_runs(experiment_ids=[get_run(r).info.experiment_id],
                                      filter_string=f"attributes.run_id = '{r}'") for r in run_ids]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return mlflow.search_runs(experiment_names=list(experiments or []), filter_string=filter_string)
+    try:
+        return mlflow.search_runs(experiment_names=list(experiments or []), filter_string=filter_string)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE" or not filter_string:
+            raise
+        first = str(exc.message).splitlines()[0] if str(exc.message) else exc.error_code
+        raise ValueError(f"filter {filter_string!r} is not a valid MLflow search filter ({first}); fix --set "
+                         "filter=... (param and tag values are strings: quote them, e.g. "
+                         "params.class_ddpm.guidance = '5.0')") from None
 
 
 def child_runs(run_id: str) -> list:

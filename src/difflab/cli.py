@@ -3,6 +3,7 @@
     difflab part-b --profile quick --set class_ddpm.epochs=3
     difflab pipeline                     # Part B, then Part A on the model it trained
     difflab compare --experiment difflab
+    difflab generate --model models:/difflab-class-ddpm@champion --digits 0123456789 -n 4 -o digits.png
 
 Errors the user can fix are printed as one line with the fix, exit status 2.
 """

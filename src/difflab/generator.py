@@ -11,7 +11,7 @@ Requests (REQUEST_FIELDS; the MLflow signature is built from these tuples):
 
 | field | type | meaning |
 |---|---|---|
-| digit | int | 0-9, or -1 for none (unconditional; the only value the time-conditioned model takes). Required by the class-conditioned model, optional (-1) for the time-conditioned one |
+| digit | int | 0-9, or -1 for none (unconditional); required by the class model, only -1 for the time model |
 | count | int | images to draw for this row, 1..MAX_COUNT (required) |
 | guidance | float | classifier-free guidance gamma (class-conditioned only); left out: the trained value (5) |
 | seed | int | the sampler's noise, 0..2^63-1 (default 0): the same row gives the same images |
@@ -192,11 +192,6 @@ class DigitGenerator:
             for k in range(req.count):
                 answers.append(Answer(i, req.digit, k, images[k], frames[k], list(s.frame_timesteps)))
         return answers
-
-    def images(self, digit: int, count: int, seed: int = 0, guidance: float | None = None) -> np.ndarray:
-        """(count, 28, 28) in [0, 1]: one request, as the served model answers it."""
-        row = {"digit": digit, "count": count, "seed": seed, "guidance": guidance}
-        return np.stack([a.image for a in self.generate([row])])
 
 
 class DigitDenoiser:

@@ -79,6 +79,8 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
                 result = st.evaluate(stages.load(ref.checkpoint, device), plans[key].apply(st.config(cfg)), ev,
                                      judge, real_train, real_test, cfg.seed)
             tracking.log_metrics(result.metrics)
+            if ref.model_id:  # the model's own numbers, which the promotion gate reads
+                tracking.link_model_metrics(ref.model_id, result.headline)
             headline.update(result.headline)
             for name, table in result.tables.items():
                 tracking.log_dict(table, name)

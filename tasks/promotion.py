@@ -20,6 +20,8 @@ from tasks.retry import retry_if_transient
 
 PROMOTION_TAG = "difflab.promotion"
 """On the Part B parent run: whether and why its models became the champion."""
+GATED_STAGE = "class"
+"""The stage whose final logged model the gate reads (its linked class_agreement / class_frechet)."""
 
 
 def promotion_decision(cfg: TrackingConfig, profile: str, in_sweep: bool,
@@ -57,6 +59,16 @@ def _in_sweep(parent_run_id: str) -> bool:
     return bool(outer) and tracking.get_run(outer).data.tags.get("flow") == "sweep"
 
 
+def gate_metrics(stages: dict[str, StageRef], evaluation: dict[str, float]) -> dict[str, float]:
+    """What the gate reads: the metrics linked to the gated stage's final logged model (MLflow 3's model
+    metrics, written by the evaluation), else the flow's evaluation (a stage trained before models were
+    logged)."""
+    ref = stages.get(GATED_STAGE)
+    if ref is None or not ref.model_id:
+        return evaluation
+    return tracking.logged_model_metrics(ref.model_id)
+
+
 @task(name="promote-models", retries=1, retry_delay_seconds=3,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def promote_models(config: PartBConfig, parent_run_id: str, stages: dict[str, StageRef],
@@ -66,7 +78,8 @@ def promote_models(config: PartBConfig, parent_run_id: str, stages: dict[str, St
     tcfg = config.tracking
     if not tcfg.register_models:
         return {"promoted": False, "reason": "tracking.register_models=false", "versions": {}}
-    promote, reason = promotion_decision(tcfg, config.profile, _in_sweep(parent_run_id), evaluation)
+    promote, reason = promotion_decision(tcfg, config.profile, _in_sweep(parent_run_id),
+                                         gate_metrics(stages, evaluation))
     versions = {}
     for stage, ref in stages.items():
         name = STAGES[stage].registered_model(tcfg.model_name_prefix)

@@ -23,3 +23,5 @@ class StageRef(BaseModel):
     """A local copy of the final checkpoint (checkpoints/final.pt in that run)."""
     metrics: dict[str, float] = {}
     reused: bool = False
+    model_id: str | None = None
+    """The final checkpoint's MLflow logged model (the registered pyfunc); the evaluation links its metrics to it."""

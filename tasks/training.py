@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_ru
             tracking.log_params({f"{st.name}.{k}": v for k, v in plan.stable_params().items()}, parent_run_id)
     ckpt = tracking.download(original, names.FINAL_CHECKPOINT, checkpoint_root() / key / "reused")
     get_run_logger().info("%s unchanged since run %s: reused (pass force=true to retrain)", st.name, original)
-    return StageRef(stage=st.key, run_id=original, checkpoint=str(ckpt), metrics=metrics, reused=True)
+    return StageRef(stage=st.key, run_id=original, checkpoint=str(ckpt), metrics=metrics, reused=True,
+                    model_id=tracking.find_logged_model(original, st.name))
 
 
 def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_run_id: str,
@@ -171,10 +173,14 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
             log_plan(splan, st, parent_run_id)
         _log_figures(st.figures_before(scfg, x_test, cfg.seed))
         progress = EpochProgress(st.name, plan.epochs)
+        model_ids: dict[int, str] = {}
 
         def on_epoch_end(model, res: EpochResult) -> None:
             tracking.log_series(names.TRAIN_LOSS, res.step_losses, res.global_step - len(res.step_losses))
-            tracking.log_metrics({names.EPOCH_LOSS: res.mean_loss, names.LR: res.lr}, step=res.epoch)
+            if res.epoch in plan.snapshot_epochs or res.epoch == plan.epochs:  # a checkpoint MLflow can rank
+                model_ids[res.epoch] = _log_checkpoint_model(st, scfg, model, res.checkpoint, res.epoch, plan)
+            tracking.log_metrics({names.EPOCH_LOSS: res.mean_loss, names.LR: res.lr}, step=res.epoch,
+                                 model_id=model_ids.get(res.epoch))
             if res.checkpoint is not None:
                 tracking.log_file(res.checkpoint, names.CHECKPOINTS_DIR)
             if res.epoch in plan.snapshot_epochs:
@@ -190,7 +196,7 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
             progress.close()
         seconds = time.perf_counter() - started
         if result.resumed_from_epoch:
-            _log_earlier_epochs(result.losses, plan, result.resumed_from_epoch, ckpt_dir)
+            _log_earlier_epochs(st, scfg, result.losses, plan, result.resumed_from_epoch, ckpt_dir)
         _log_figures(st.figures_after(result.model, scfg, x_test, cfg.seed))
         final = save_checkpoint(ckpt_dir / "final.pt", result.model, st.model_kind, st.checkpoint_extra(scfg),
                                 epoch=plan.epochs)
@@ -200,13 +206,34 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
         last_epoch = result.losses[-plan.steps_per_epoch:]
         metrics = {names.FINAL_LOSS: sum(last_epoch) / len(last_epoch), names.TRAIN_SECONDS: seconds,
                    "train_images_per_second": trained_epochs * len(y_train) / max(seconds, 1e-9)}
-        tracking.log_metrics(metrics)
+        model_id = model_ids[plan.epochs]  # the final model: the last epoch's weights, as final.pt holds them
+        tracking.log_metrics(metrics, step=plan.epochs, model_id=model_id)
         tracking.log_params({"model.parameters": count_parameters(result.model),
                              "train_seconds.covers": f"epochs {result.resumed_from_epoch + 1}-{plan.epochs}"})
-        tracking.log_model(result.model, st.registered_model(cfg.tracking.model_name_prefix)
-                           if cfg.tracking.register_models else None)
+        if cfg.tracking.register_models:
+            tracking.register_logged_model(model_id, st.registered_model(cfg.tracking.model_name_prefix))
     get_run_logger().info("%s: final loss %.4f in %.0f s", st.name, metrics[names.FINAL_LOSS], seconds)
-    return StageRef(stage=st.key, run_id=run_id, checkpoint=str(final), metrics=metrics)
+    return StageRef(stage=st.key, run_id=run_id, checkpoint=str(final), metrics=metrics, model_id=model_id)
+
+
+def checkpoint_model_name(st: Stage, epoch: int, plan: TrainingPlan) -> str:
+    """A logged model's name: the stage's (`class_ddpm`) for the final one, `class_ddpm-epoch-5` before."""
+    return st.name if epoch == plan.epochs else f"{st.name}-epoch-{epoch}"
+
+
+def _log_checkpoint_model(st: Stage, scfg, model, checkpoint: Path | None, epoch: int, plan: TrainingPlan) -> str:
+    """One epoch's checkpoint as a logged pyfunc model of the active run (step = epoch); returns its id.
+    An epoch without a checkpoint file (course epochs scaled up) gets one written for the purpose."""
+    tags = {tracking.STAGE_TAG: st.name,
+            tracking.CHECKPOINT_TAG: "final" if epoch == plan.epochs else f"epoch_{epoch:04d}"}
+    params = {"hidden": scfg.hidden, "epoch": epoch, "plan.epochs": plan.epochs}
+    name = checkpoint_model_name(st, epoch, plan)
+    if checkpoint is not None:
+        return tracking.log_generator(checkpoint, name, epoch, params=params, tags=tags)
+    with tempfile.TemporaryDirectory(prefix="difflab-model-") as tmp:
+        path = save_checkpoint(Path(tmp) / f"epoch_{epoch:04d}.pt", model, st.model_kind, st.checkpoint_extra(scfg),
+                               epoch=epoch)
+        return tracking.log_generator(path, name, epoch, params=params, tags=tags)
 
 
 def _resume_state(ckpt_dir: Path, plan: TrainingPlan) -> dict[str, str]:
@@ -221,13 +248,20 @@ def _resume_state(ckpt_dir: Path, plan: TrainingPlan) -> dict[str, str]:
     return {"resumed_from_epoch": str(epoch), **({"difflab.resumed_from_run": earlier} if earlier else {})}
 
 
-def _log_earlier_epochs(losses: list[float], plan: TrainingPlan, resumed_from: int, ckpt_dir: Path) -> None:
-    """A resumed run also carries what the interrupted one logged: per-step losses and epoch checkpoints
-    (its figures stay in the run named by difflab.resumed_from_run)."""
+def _log_earlier_epochs(st: Stage, scfg, losses: list[float], plan: TrainingPlan, resumed_from: int,
+                        ckpt_dir: Path) -> None:
+    """A resumed run also carries what the interrupted one logged: per-step losses, epoch checkpoints and the
+    snapshot epochs' logged models (its figures stay in the run named by difflab.resumed_from_run)."""
     tracking.log_series(names.TRAIN_LOSS, losses[: resumed_from * plan.steps_per_epoch], 0)
     for ckpt in sorted(ckpt_dir.glob("epoch_*.pt")):
-        if int(ckpt.stem.split("_")[1]) <= resumed_from:
+        epoch = int(ckpt.stem.split("_")[1])
+        if epoch <= resumed_from:
             tracking.log_file(ckpt, names.CHECKPOINTS_DIR)
+            if epoch in plan.snapshot_epochs:
+                epoch_losses = losses[(epoch - 1) * plan.steps_per_epoch: epoch * plan.steps_per_epoch]
+                model_id = _log_checkpoint_model(st, scfg, None, ckpt, epoch, plan)
+                tracking.log_metrics({names.EPOCH_LOSS: sum(epoch_losses) / max(1, len(epoch_losses))}, step=epoch,
+                                     model_id=model_id)
 
 
 def _log_figures(figures: dict, step: int | None = None) -> None:

@@ -69,10 +69,32 @@ def test_part_b_logs_every_deliverable(part_b_run):
     gif = Image.open(mlflow.artifacts.download_artifacts(run_id=kids["sample_class_ddpm"].info.run_id,
                                                          artifact_path="images/class_ddpm_denoising.gif"))
     assert gif.n_frames >= 5
-    model = mlflow.pytorch.load_model("models:/difflab-class-ddpm/latest")
+    model = mlflow.pyfunc.load_model("models:/difflab-class-ddpm/latest").get_raw_model().model  # the pyfunc's UNet
     with torch.no_grad():
         out = model(torch.zeros(2, 1, 28, 28), torch.zeros(2), torch.eye(10)[:2])
     assert out.shape == (2, 1, 28, 28)
+
+    # MLflow 3 logged models: each snapshot epoch's checkpoint with its step and loss, the final one registered
+    # with the evaluation's numbers linked, so search_logged_models ranks them
+    exp = parent.info.experiment_id
+    for stage in ("denoiser", "time_ddpm", "class_ddpm"):
+        run = client.get_run(kids[stage].info.run_id)
+        steps = {mlflow.get_logged_model(o.model_id).name: o.step for o in run.outputs.model_outputs}
+        assert steps == {f"{stage}-epoch-1": 1, stage: 2}
+        ranked = mlflow.search_logged_models(experiment_ids=[exp], output_format="list",
+                                             filter_string=f"source_run_id = '{run.info.run_id}'",
+                                             order_by=[{"field_name": "metrics.epoch_loss", "ascending": True}])
+        losses = [{m.key: m.value for m in r.metrics}["epoch_loss"] for r in ranked]
+        assert len(ranked) == 2 and losses == sorted(losses)
+        assert losses == sorted(m.value for m in client.get_metric_history(run.info.run_id, "epoch_loss"))
+        [version] = client.search_model_versions(f"name = 'difflab-{stage.replace('_', '-')}'")
+        final = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+        assert final.name == stage and final.tags["difflab.checkpoint"] == "final"
+        assert final.model_id == part_b_run["stages"][{"denoiser": "denoiser", "time_ddpm": "time",
+                                                       "class_ddpm": "class"}[stage]]["model_id"]
+    final_class = {m.key: m.value for m in final.metrics}
+    assert final_class["class_agreement"] == parent.data.metrics["eval.class_agreement"]
+    assert final_class["final_loss"] == parent.data.metrics["class_ddpm.final_loss"]
 
 
 def test_rerun_reuses_unchanged_stages_and_force_retrains(part_b_run):

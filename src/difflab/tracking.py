@@ -188,11 +188,12 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         yield run_id
     except BaseException as exc:
         dead = is_unreachable(exc)
+        stopped = stop_reason(exc)
         with _fail_fast() if dead else contextlib.nullcontext():
             with contextlib.suppress(Exception):
-                mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:_PARAM_MAX])
+                mlflow.set_tag(ERROR_TAG, (stopped or f"{type(exc).__name__}: {exc}")[:_PARAM_MAX])
             with contextlib.suppress(Exception) if dead else contextlib.nullcontext():
-                mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                mlflow.end_run("KILLED" if stopped or isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     else:
         active.__exit__(None, None, None)
@@ -325,6 +326,36 @@ def _system_metrics() -> bool:
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not two lines per run in the log
     return importlib.util.find_spec("psutil") is not None
+
+
+def stop_reason(exc: BaseException) -> str | None:
+    """Why a run was stopped from outside, in words, for a signal (Prefect's TerminationSignal: a cancel from the
+    Prefect UI or API, or a plain SIGTERM) or Ctrl-C; None for any other error. The run then ends KILLED."""
+    import signal as signals
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted: Ctrl-C (SIGINT) in the terminal that ran it; rerun the same command to resume"
+    try:
+        from prefect.exceptions import TerminationSignal
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return None
+    if not isinstance(exc, TerminationSignal):
+        return None
+    sig = getattr(exc, "signal", None)
+    name = signals.Signals(sig).name if isinstance(sig, int) and sig in iter(signals.Signals) else f"signal {sig}"
+    flow = _prefect_tags().get("prefect.flow_run_id")
+    where = f"flow run {flow}" if flow else "its flow run"
+    try:
+        from prefect._internal.control_listener import get_intent
+
+        intent = get_intent()
+    except Exception:  # noqa: BLE001 - an older Prefect without the control channel
+        intent = None
+    if intent == "cancel":
+        return (f"cancelled in Prefect: {where} was cancelled (Prefect UI Cancel, `prefect flow-run cancel` or the "
+                f"API) and its worker stopped the process with {name}; rerun it to resume from the last epoch")
+    return (f"stopped by {name} from outside Prefect (a kill, `difflab stack down`, a container or machine "
+            f"shutting down) while running {where}; rerun it to resume from the last epoch")
 
 
 def _prefect_tags() -> dict[str, str]:

@@ -20,8 +20,9 @@ def _schema(flow) -> dict:
 
 
 def form_prefill(schema: dict, node: dict | None = None, values: dict | None = None) -> dict:
-    """What a schema-driven form puts in every field it is not given a value for: each property's default,
-    nested objects (through $ref) filled the same way. Prefect's Custom run form does this."""
+    """What a schema-driven form puts in every field it is not given a value for: each property's default, false
+    for a boolean (a toggle), nested objects (through $ref) filled the same way. Prefect's Custom run form does
+    this (tests/test_ops_e2e.py drives the real one)."""
     defs = schema.get("definitions") or schema.get("$defs") or {}
     node = node if node is not None else schema
     if "$ref" in node:
@@ -38,6 +39,8 @@ def form_prefill(schema: dict, node: dict | None = None, values: dict | None = N
                 out[key] = filled
         elif key not in out and "default" in prop:
             out[key] = prop["default"]
+        elif key not in out and prop.get("type") == "boolean":
+            out[key] = False  # a toggle has no empty state: untouched, the form sends false (seen in Prefect 3.9)
     return out
 
 

@@ -58,6 +58,9 @@ def _from_profile(schema: dict[str, Any], cls: type) -> None:
         elif "default" in prop:
             note += f" (course: {json.dumps(prop.pop('default'))})"
         prop["description"] = f"{prop['description']} {note}." if prop.get("description") else note + "."
+        if prop.get("type") == "boolean":  # a toggle has no empty state: the form sends false when it is untouched
+            del prop["type"]
+            prop["enum"] = [True, False]  # a choice, empty until a person picks one
 
 
 FROM_PROFILE = ConfigDict(json_schema_extra=_from_profile)

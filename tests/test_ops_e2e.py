@@ -322,13 +322,6 @@ FORM_SUBMIT_TRIES = 3
 went wrong'); a person clicks Submit again, and so does the test."""
 
 
-def screenshot_dir(tmp_path: Path) -> Path:
-    """$DIFFLAB_SCREENSHOTS (kept for a person to look at; outputs/ is git-ignored), else the test's tmp dir."""
-    out = Path(os.environ.get("DIFFLAB_SCREENSHOTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def submit_custom_run(page, ui: str, deployment_id: str, edits: dict[tuple[str, str], str], shot: Path) -> dict:
     """Open the deployment's Custom run form, type each (section, field) -> text, submit; returns the flow run
     the server created (its parameters are what the form sent)."""
@@ -371,7 +364,7 @@ def test_run_form_unchanged_runs_the_profile_and_a_changed_field_only_that(ops_s
     ui = api.rsplit("/api", 1)[0]
     deps = stackmod.http_json("POST", f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["tiny"]}}})
     tiny = next(d for d in deps if d["parameters"] == {"config": {"profile": "tiny"}})
-    shots = screenshot_dir(tmp_path)
+    shots = browser.screenshot_dir(tmp_path)
     with browser.chromium(exe, width=1400, height=1100) as page:
         unchanged = submit_custom_run(page, ui, tiny["id"], {}, shots / "prefect-form-unchanged.png")
         guided = submit_custom_run(page, ui, tiny["id"], {("Class Ddpm", "Guidance"): "3"},
@@ -405,6 +398,31 @@ def test_run_form_unchanged_runs_the_profile_and_a_changed_field_only_that(ops_s
         page.pump(1.0)
         page.screenshot(shots / "mlflow-run-guidance-3.png", full_page=False)
         assert shown, "the MLflow run page does not show class_ddpm.guidance 3.0"
+
+
+def test_a_run_cancelled_in_prefect_says_it_was_cancelled_and_from_where(ops_stack):
+    """Cancelled from Prefect, the run's difflab.error was just `TerminationSignal: `. Now it says cancel, where, and
+    how to resume; the MLflow run ends KILLED."""
+    env, ml = ops_stack["env"], ops_stack["mlflow"]
+    flow_run_id = trigger(env, "part_b/tiny", {"config": {"profile": "tiny", "force": True, "seed": 11}})
+    exp = ml.experiment_id("difflab")
+    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any(r["info"]["status"] == "RUNNING" for r in ml.search(exp, query)):  # until it is training
+        assert time.monotonic() < deadline, f"the run never started:\n{flow_run_logs(ops_stack['api'], flow_run_id)}"
+        time.sleep(0.5)
+    res = prefect_cli(env, "flow-run", "cancel", flow_run_id)
+    assert res.returncode == 0, res.stdout + res.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        parent = next(r for r in ml.search(exp, query) if run_tags(r).get("flow") == "part_b")
+        if parent["info"]["status"] != "RUNNING" or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    error = run_tags(parent).get("difflab.error", "")
+    assert parent["info"]["status"] == "KILLED", (parent["info"]["status"], error)
+    assert error.startswith(f"cancelled in Prefect: flow run {flow_run_id} was cancelled"), error
+    assert "SIGTERM" in error and "resume" in error
 
 
 def test_zz_down_while_a_flow_runs_leaves_no_phantom_runs(ops_stack):

@@ -670,15 +670,42 @@ def _images(run_id: str) -> list:
     with tempfile.TemporaryDirectory(prefix="difflab-report-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images", dst_path=tmp))
         for path in files:
-            stem, step = Path(path).stem, None
-            for sep in _STEP_SEPARATORS:
-                if sep in stem:
-                    key, rest = stem.split(sep, 1)
-                    stem, step = key.replace("~", "/"), int(rest.split(sep[0], 1)[0])
-                    break
+            stem, step = _split_stepped(Path(path).stem)
             raw = (local / Path(path).relative_to("images")).read_bytes()
             out.append(PageImage.from_bytes(stem, path, raw, step))
     return out
+
+
+def _split_stepped(stem: str) -> tuple[str, int | None]:
+    """(key, step) of a stepped image's file stem; (stem, None) for any other image."""
+    for sep in _STEP_SEPARATORS:
+        if sep in stem:
+            key, rest = stem.split(sep, 1)
+            return key.replace("~", "/"), int(rest.split(sep[0], 1)[0])
+    return stem, None
+
+
+def copy_stepped_images(sources: Mapping[str, str], to_run_id: str) -> int:
+    """Log every stepped image (step = epoch) of each source run again on to_run_id, as `<name>.<key>` at the same
+    step; returns how many. The MLflow UI's chart view shows the top-level runs of an experiment (children stay
+    folded under them), so the stage runs' images reach its image charts, and compare across runs, only from there.
+    sources: name -> run id (a stage's own run, or the original run of a reused one)."""
+    from PIL import Image
+
+    count = 0
+    for name, run_id in sources.items():
+        files = [p for p in artifact_paths(run_id, "images") if p.endswith(".png") and "compressed" not in p
+                 and _split_stepped(Path(p).stem)[1] is not None]
+        if not files:
+            continue
+        with tempfile.TemporaryDirectory(prefix="difflab-images-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images", dst_path=tmp))
+            for path in sorted(files):
+                key, step = _split_stepped(Path(path).stem)
+                with Image.open(local / Path(path).relative_to("images")) as im:
+                    MlflowClient().log_image(to_run_id, im.copy(), key=f"{name}.{key}", step=step, synchronous=True)
+                count += 1
+    return count
 
 
 def _seconds(info) -> float | None:

@@ -373,6 +373,7 @@ def test_run_form_unchanged_runs_the_profile_and_a_changed_field_only_that(ops_s
     assert guided["parameters"]["config"] == {"profile": "tiny", "class_ddpm": {"guidance": 3}}, guided["parameters"]
 
     exp = ml.experiment_id("difflab")
+    part_b_runs = {}
     for fr, guidance, changed in ((unchanged, "5.0", "none"), (guided, "3.0", "class_ddpm.guidance=3.0")):
         wait_flow_run(ops_stack, fr["id"], timeout=2 * RUN_TIMEOUT_S)
         runs = [r for r in ml.search(exp, f"tags.`prefect.flow_run_id` = '{fr['id']}'")
@@ -385,9 +386,9 @@ def test_run_form_unchanged_runs_the_profile_and_a_changed_field_only_that(ops_s
                 params["time_ddpm.num_timesteps"], params["evaluation.num_samples"]) == ("4", "2", "4", "20", "40")
         assert params["class_ddpm.guidance"] == guidance and params["evaluation.enabled"] == "True"
         assert tags["profile_overrides"] == changed
+        part_b_runs[fr["id"]] = runs[0]["info"]["run_id"]
     with browser.chromium(exe, width=1400, height=1100) as page:  # the param, as the MLflow UI shows it
-        rid = ml.search(exp, f"tags.`prefect.flow_run_id` = '{guided['id']}'")[0]["info"]["run_id"]
-        page.goto(f"{ml.base}/#/experiments/{exp}/runs/{rid}?workflowType=machine_learning")
+        page.goto(f"{ml.base}/#/experiments/{exp}/runs/{part_b_runs[guided['id']]}?workflowType=machine_learning")
         search = "document.querySelector('input[placeholder=\"Search parameters\"]')"
         assert page.wait_for(f"!!{search}", timeout=90), "no parameter table on the MLflow run page"
         page.evaluate(f"{search}.focus()")

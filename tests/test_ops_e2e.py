@@ -372,10 +372,11 @@ def test_run_form_unchanged_runs_the_profile_and_a_changed_field_only_that(ops_s
     assert unchanged["parameters"]["config"] == {"profile": "tiny"}, unchanged["parameters"]
     assert guided["parameters"]["config"] == {"profile": "tiny", "class_ddpm": {"guidance": 3}}, guided["parameters"]
 
-    exp = ml.experiment_id("difflab")
+    for fr in (unchanged, guided):
+        wait_flow_run(ops_stack, fr["id"], timeout=2 * RUN_TIMEOUT_S)
+    exp = ml.experiment_id("difflab")  # made by the first run (this test may run alone)
     part_b_runs = {}
     for fr, guidance, changed in ((unchanged, "5.0", "none"), (guided, "3.0", "class_ddpm.guidance=3.0")):
-        wait_flow_run(ops_stack, fr["id"], timeout=2 * RUN_TIMEOUT_S)
         runs = [r for r in ml.search(exp, f"tags.`prefect.flow_run_id` = '{fr['id']}'")
                 if run_tags(r).get("flow") == "part_b"]
         assert len(runs) == 1, [r["info"]["run_name"] for r in runs]

@@ -108,6 +108,11 @@ class MlflowRest:
     def experiment_id(self, name: str) -> str:
         return self.get("experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"]
 
+    def search_experiment(self, name: str) -> list[str]:
+        """[its id] when the experiment exists, else []."""
+        found = self.post("experiments/search", {"filter": f"name = '{name}'", "max_results": 1})
+        return [e["experiment_id"] for e in found.get("experiments", [])]
+
     def search(self, experiment_id: str, filter_string: str = "") -> list[dict]:
         return self.post("runs/search", {"experiment_ids": [experiment_id], "filter": filter_string,
                                          "max_results": 1000}).get("runs", [])
@@ -407,10 +412,12 @@ def test_a_run_cancelled_in_prefect_says_it_was_cancelled_and_from_where(ops_sta
     how to resume; the MLflow run ends KILLED."""
     env, ml = ops_stack["env"], ops_stack["mlflow"]
     flow_run_id = trigger(env, "part_b/tiny", {"config": {"profile": "tiny", "force": True, "seed": 11}})
-    exp = ml.experiment_id("difflab")
     query = f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not any(r["info"]["status"] == "RUNNING" for r in ml.search(exp, query)):  # until it is training
+    while True:  # until it is training (the experiment exists once a run made it)
+        exp = next(iter(ml.search_experiment("difflab")), None)
+        if exp and any(r["info"]["status"] == "RUNNING" for r in ml.search(exp, query)):
+            break
         assert time.monotonic() < deadline, f"the run never started:\n{flow_run_logs(ops_stack['api'], flow_run_id)}"
         time.sleep(0.5)
     res = prefect_cli(env, "flow-run", "cancel", flow_run_id)

@@ -12,7 +12,7 @@ from typing import Iterator
 from prefect import flow, get_run_logger
 
 from difflab import tracking
-from difflab.config import PartBConfig, flatten_params
+from difflab.config import PartBConfig, describe_overrides, flatten_params, profile_overrides
 from difflab.stages import STAGES
 from difflab.train import device_name, pick_device
 from tasks.data import prepare_data
@@ -22,6 +22,9 @@ from tasks.refs import DataRef, StageRef
 from tasks.sampling import sample_stage
 from tasks.summary import publish_summary
 from tasks.training import plan_part_b, train_stage
+
+
+PROFILE_OVERRIDES_TAG = "profile_overrides"
 
 
 @flow(name="part_b", log_prints=True)
@@ -36,6 +39,8 @@ def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) 
         if config.evaluation.enabled:
             quality = evaluate(config, data, refs, run_id)
             tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=run_id)
+        if parent_run_id is None:  # the top-level run: its row is the one the MLflow chart view shows
+            tracking.copy_stepped_images({STAGES[s].name: r.run_id for s, r in refs.items()}, run_id)
     promote_models(config, run_id, refs, quality)  # the champion alias moves only past the quality gate
     publish_summary("part_b", run_id)  # Prefect artifacts: MLflow link, headline numbers
     get_run_logger().info("Part B done: MLflow run %s — %s", run_id, tracking.ui_hint())
@@ -62,12 +67,23 @@ def headline(refs: dict[str, StageRef], quality: dict[str, float]) -> dict[str, 
 
 @contextlib.contextmanager
 def _flow_run(config: PartBConfig, flow_name: str, parent_run_id: str | None) -> Iterator[str]:
-    """The flow's MLflow run, tagged with its profile and device, with the whole config as params."""
+    """The flow's MLflow run, tagged with its profile, what the run changed on top of it, and its device, with the
+    whole config as params."""
     tracking.configure(config.tracking)
     with tracking.flow_run(flow_name, f"{flow_name}-{config.profile}", config.tracking.experiment, parent_run_id,
-                           {"profile": config.profile, "device": device_name(pick_device(config.device))}) as run_id:
+                           {"profile": config.profile, **profile_tags(config),
+                            "device": device_name(pick_device(config.device))}) as run_id:
         tracking.log_params(flatten_params(config), run_id)
         yield run_id
+
+
+def profile_tags(config: PartBConfig) -> dict[str, str]:
+    """`profile_overrides`: every param that differs from the profile alone (`none` when it is the profile
+    as is), and MLflow's run description saying the same, so a run named part_b-tiny that trained something
+    else says so where the profile is shown."""
+    changed = describe_overrides(profile_overrides(config))
+    note = f"Profile {config.profile}" + ("" if changed == "none" else f", changed: {changed}")
+    return {PROFILE_OVERRIDES_TAG: changed, "mlflow.note.content": note}
 
 
 def _one_stage(config: PartBConfig | None, stage: str) -> StageRef:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from difflab import tracking
-from difflab.config import PipelineConfig
+from difflab.config import PipelineConfig, flatten_params
 from difflab.stages import STAGES
 from flows.part_a import part_a
-from flows.part_b import part_b
+from flows.part_b import part_b, profile_tags
 from tasks.report import log_report
 from tasks.summary import publish_summary
 
@@ -18,9 +18,14 @@ def pipeline(config: PipelineConfig | None = None) -> dict:
     config = config or PipelineConfig()
     tracking.configure(config.part_b.tracking)
     with tracking.flow_run("pipeline", f"pipeline-{config.part_b.profile}", config.part_b.tracking.experiment,
-                           tags={"profile": config.part_b.profile}) as run:
+                           tags={"profile": config.part_b.profile, **profile_tags(config.part_b)}) as run:
+        # the settings that tell pipeline runs apart, flat (part_b.class_ddpm.guidance, part_a.i_start, ...)
+        shorthands = ("profile", "force", "device")  # copied into part_b.*
+        tracking.log_params({k: v for k, v in flatten_params(config).items() if k not in shorthands}, run)
         b = part_b(config=config.part_b, parent_run_id=run)
         tracking.log_metrics(b["headline"], run_id=run)  # so the runs table compares `make run`s unexpanded
+        # ... and the chart view's image charts show their stepped samples (the stage runs are folded under it)
+        tracking.copy_stepped_images({STAGES[k].name: ref["run_id"] for k, ref in b["stages"].items()}, run)
         result = {"run_id": run, "part_b": b}
         editable = [ref for key, ref in b["stages"].items() if STAGES[key].edits_backend]
         if config.run_part_a and editable:

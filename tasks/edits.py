@@ -129,8 +129,8 @@ def _stage2(cfg: PartAConfig, b, images: torch.Tensor, conds: list, name: str) -
     tracking.log_image(viz.grid(big, nrow=min(len(big), 6), value_range=b.value_range), names.stage2(name))
 
 
-def _grid_rows(backend, rows, row_labels, col_labels, title):
-    return viz.labeled_grid(rows, row_labels, col_labels, value_range=backend.value_range, title=title)
+def _grid_rows(backend, rows, row_labels, col_labels, title, frame: bool = False):
+    return viz.labeled_grid(rows, row_labels, col_labels, value_range=backend.value_range, title=title, frame=frame)
 
 
 def _section_sample_steps(cfg, b, image):
@@ -154,11 +154,9 @@ def _section_denoise(cfg, b, image):
     tracking.log_image(_grid_rows(b, [stacked, blurred, torch.cat(list(one.values()))],
                                   ["forward x_t", "best Gaussian blur", "one-step"], labels,
                                   "forward process, classical and one-step denoising"), names.FORWARD_BLUR_ONE_STEP)
-    res = edits.denoise_noisy_image(b, image, cfg.i_start, seed=cfg.seed, keep_every=cfg.show_every,
-                                    stride=cfg.stride)
+    at = edits.compare_at(b, image, cfg.i_start, cfg.seed, cfg.show_every, cfg.stride)
+    res, t_start, one_start = at.iterative, at.t_start, at.one_step
     schedule = strided_timesteps(T, reference_stride=cfg.stride)
-    t_start = schedule[cfg.i_start]
-    one_start = edits.one_step_denoise(b, {t_start: res.start})[t_start]
     blur_start, blur_sigma = edits.best_blur(res.start, image)
     tracking.log_image(_grid_rows(b, [torch.cat(res.frames)], ["iterative"],
                                   [f"t={t}" if t >= 0 else "clean" for t in res.frame_steps],
@@ -168,10 +166,26 @@ def _section_denoise(cfg, b, image):
                                   ["original", f"noisy t={t_start}", "iterative", "one-step",
                                    f"blur sigma={blur_sigma[0]}"], "denoising compared"), names.DENOISE_COMPARED)
     mse = lambda x: float(((x - image) ** 2).mean())  # noqa: E731
-    tracking.log_metrics({names.MSE_ITERATIVE: mse(res.image), names.MSE_ONE_STEP: mse(one_start),
+    tracking.log_metrics({names.MSE_ITERATIVE: at.mse_iterative, names.MSE_ONE_STEP: at.mse_one_step,
                           names.MSE_BLUR: mse(blur_start)})
-    return {"forward_timesteps": list(noisy), "blur_sigmas": sigmas, "i_start": cfg.i_start, "t_start": t_start,
-            "strided_timesteps": schedule, "stride": cfg.stride, "show_every": cfg.show_every}
+    out = {"forward_timesteps": list(noisy), "blur_sigmas": sigmas, "i_start": cfg.i_start, "t_start": t_start,
+           "strided_timesteps": schedule, "stride": cfg.stride, "show_every": cfg.show_every}
+    if at.mse_iterative > at.mse_one_step:  # from this much noise the model generates a digit, not this one
+        out.update(_restoring(cfg, b, image))
+    return out
+
+
+def _restoring(cfg, b, image) -> dict:
+    """1.4 again from the noisiest later i_start where the iterative result is no further from the original than
+    the one-step estimate: where the loop still restores the image instead of generating another one."""
+    r = edits.first_restoring(b, image, cfg.i_start, cfg.seed, cfg.show_every, cfg.stride)
+    if r is None:
+        return {"restore_i_start": None}
+    tracking.log_image(_grid_rows(b, [torch.cat([image, r.iterative.start, r.iterative.image, r.one_step])], None,
+                                  ["original", f"noisy t={r.t_start}", "iterative", "one-step"],
+                                  f"from i_start={r.i_start}: the iterative loop restores"), names.DENOISE_RESTORING)
+    tracking.log_metrics({names.RESTORE_MSE_ITERATIVE: r.mse_iterative, names.RESTORE_MSE_ONE_STEP: r.mse_one_step})
+    return {"restore_i_start": r.i_start, "restore_t_start": r.t_start}
 
 
 def _section_sample(cfg, b, image):
@@ -231,7 +245,7 @@ def _section_inpaint(cfg, b, image):
     lo = b.value_range[0]
     shown_mask = mask.expand_as(image) * (b.value_range[1] - lo) + lo
     tracking.log_image(_grid_rows(b, [torch.cat([image, shown_mask, image * (1 - mask) + lo * mask, res.image])],
-                                  None, ["original", "mask", "kept", "inpainted"], "inpainting"), names.INPAINT)
+                                  None, ["original", "mask", "kept", "inpainted"], "inpainting", frame=True), names.INPAINT)
     _stage2(cfg, b, res.image, [None], names.INPAINT)
     outside = float(((res.image - image).abs() * (1 - mask)).max())
     # The share repainted beside the change outside the mask: a 0.0 change means something only if pixels were kept.

@@ -27,8 +27,8 @@ def sample_stage(cfg: PartBConfig, ref: StageRef, parent_run_id: str) -> str:
     name = f"sample_{st.name}"
     with tracking.run(name, cfg.tracking.experiment, parent_run_id,
                       {tracking.STAGE_TAG: name, "model_run_id": ref.run_id}) as run_id:
-        tracking.log_params({"guidance": scfg.guidance, "seed": cfg.seed, "model_run_id": ref.run_id,
-                             "gif_frames": scfg.gif_frames})
+        guided = {"guidance": scfg.guidance} if getattr(st, "conditional", False) else {}  # no guidance without c
+        tracking.log_params({**guided, "seed": cfg.seed, "model_run_id": ref.run_id, "gif_frames": scfg.gif_frames})
         samples, nrow, title = st.samples(trained, scfg, cfg.seed)
         tracking.log_image(viz.grid(samples.images, nrow=nrow, scale=3), names.FINAL_SAMPLES)
         tracking.log_image(viz.trajectory_grid(samples.frames, samples.frame_timesteps, scfg.trajectory_rows,

@@ -199,6 +199,28 @@ class Page:
                 out.append(f"log ({p['entry'].get('source')}): {p['entry'].get('text')} {p['entry'].get('url', '')}")
         return out
 
+    def click_at(self, x: float, y: float) -> None:
+        """A real left click (press and release) at viewport coordinates: menus that open on pointer events
+        (MLflow's Radix dropdowns) ignore a scripted element.click()."""
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def click_text(self, selector: str, text: str, timeout: float = 30.0) -> bool:
+        """Scroll to the first element matching selector whose text is exactly text, and click it for real."""
+        find = ("(() => { const el = [...document.querySelectorAll(%s)].find(e => (e.innerText || '').trim() === %s);"
+                " if (!el) return null; el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();"
+                " return [r.x + r.width / 2, r.y + r.height / 2]; })()") % (json.dumps(selector), json.dumps(text))
+        xy = self.wait_for(find, timeout=timeout)
+        if not xy:
+            return False
+        self.click_at(*xy)
+        self.pump(1.0)
+        return True
+
+    def key(self, key: str, code: int) -> None:
+        for kind in ("keyDown", "keyUp"):
+            self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code})
+
     def screenshot(self, path: str | Path, full_page: bool = True) -> Path:
         params: dict = {"format": "png"}
         if full_page:
@@ -206,6 +228,14 @@ class Page:
         data = self.send("Page.captureScreenshot", params)["data"]
         Path(path).write_bytes(base64.b64decode(data))
         return Path(path)
+
+
+def screenshot_dir(default: Path) -> Path:
+    """Where tests keep their screenshots: $DIFFLAB_SCREENSHOTS (for a person to look at, e.g. outputs/screenshots,
+    which git ignores), else the test's own tmp folder."""
+    out = Path(os.environ.get("DIFFLAB_SCREENSHOTS") or default)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difflab.ddpm import add_noise, learned_range_variance
+from difflab.ddpm import NoiseEstimate, add_noise, learned_range_variance
 from difflab.edits import algorithms as A
 from difflab.edits.guidance import VIEWS, conditional, guided, highpass, lowpass
 from difflab.edits.timesteps import inference_timesteps, scale_timestep, strided_timesteps
@@ -168,3 +168,33 @@ def test_best_blur_picks_the_sigma_with_the_smallest_error():
             one, _ = A.best_blur(noisy[n:n + 1], clean[n:n + 1], (s,))
             assert best <= ((one[0] - clean[n]) ** 2).mean() + 1e-7
         assert best < ((noisy[n] - clean[n]) ** 2).mean()
+
+
+class MixtureOracle(OracleBackend):
+    """The optimal noise estimate when the data are two images, equally likely: at high noise the posterior mean
+    x0_hat is a blend of both, and the sampling loop commits to one of them, not necessarily the noised one."""
+
+    def predict(self, x_t, t, cond):
+        self.calls += 1
+        ab = self.alphas_cumprod[t]
+        d2 = ((x_t[:, None] - ab.sqrt() * self.targets[None]) ** 2).flatten(2).sum(-1)  # (N, K)
+        w = torch.softmax(-d2 / (2 * (1 - ab)), dim=1)
+        x0 = torch.einsum("nk,kchw->nchw", w, self.targets)
+        return NoiseEstimate((x_t - ab.sqrt() * x0) / (1 - ab).sqrt(), None)
+
+
+def test_iterative_denoising_generates_from_much_noise_and_restores_from_less():
+    """1.4's finding on a model that can generate: from pure-ish noise the loop may land on the other image (its MSE
+    above one-step's blend); first_restoring finds the noisiest later start from which it lands on the noised one."""
+    targets = torch.stack([torch.full(SHAPE[1:], 0.6), torch.full(SHAPE[1:], -0.6)])
+    b = MixtureOracle(targets)
+    image = targets[:1]
+    seed = next(s for s in range(20) if A.compare_at(b, image, 0, seed=s).mse_iterative > 1.0)  # landed on the other
+    start = A.compare_at(b, image, 0, seed=seed)
+    assert start.mse_iterative > start.mse_one_step  # generated, not restored
+    r = A.first_restoring(b, image, 0, seed=seed)
+    assert r is not None and r.i_start > 0 and r.t_start == strided_timesteps(1000)[r.i_start]
+    assert r.mse_iterative <= r.mse_one_step and r.mse_iterative < 1e-3  # back on the noised image
+    for i in range(1, r.i_start):  # every noisier later start still generated
+        c = A.compare_at(b, image, i, seed=seed)
+        assert c.mse_iterative > c.mse_one_step

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import browser
 from ops import stack as stackmod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,11 @@ class MlflowRest:
 
     def experiment_id(self, name: str) -> str:
         return self.get("experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"]
+
+    def search_experiment(self, name: str) -> list[str]:
+        """[its id] when the experiment exists, else []."""
+        found = self.post("experiments/search", {"filter": f"name = '{name}'", "max_results": 1})
+        return [e["experiment_id"] for e in found.get("experiments", [])]
 
     def search(self, experiment_id: str, filter_string: str = "") -> list[dict]:
         return self.post("runs/search", {"experiment_ids": [experiment_id], "filter": filter_string,
@@ -299,6 +305,133 @@ def test_sweep_fans_out_in_parallel_and_compares(ops_stack, triggered):
     assert compare_id, "the sweep did not run the compare flow"
     compare_run = ml.get("runs/get", run_id=compare_id)["run"]
     assert sorted(run_tags(compare_run)["compared_runs"].split(",")) == sorted(r["mlflow_run_id"] for r in rows)
+
+
+# ---- Prefect's run form, as a person uses it: Deployments -> part_b/tiny -> Run -> Custom run -> Submit ----
+
+FORM_FIELD_JS = """(() => {
+  const label = el => ((el.querySelector(':scope > .p-label__header .schema-form-property__label') || {}).innerText
+                       || '').trim();
+  const props = [...document.querySelectorAll('.schema-form-property')];
+  const section = props.find(p => label(p).startsWith(%s));
+  const field = section && [...section.querySelectorAll('.schema-form-property')].find(p => label(p).startsWith(%s));
+  const input = field && field.querySelector(':scope > .p-label__body input');
+  if (!input) return false;
+  input.scrollIntoView({block: 'center'});
+  input.focus();
+  return document.activeElement === input;
+})()"""
+SUBMIT_JS = "[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit')"
+FORM_SUBMIT_TRIES = 3
+"""A sqlite Prefect server under load answers some writes 'database is locked' (the form then says 'Something
+went wrong'); a person clicks Submit again, and so does the test."""
+
+
+def submit_custom_run(page, ui: str, deployment_id: str, edits: dict[tuple[str, str], str], shot: Path) -> dict:
+    """Open the deployment's Custom run form, type each (section, field) -> text, submit; returns the flow run
+    the server created (its parameters are what the form sent)."""
+    page.send("Network.enable")
+    for _ in range(FORM_SUBMIT_TRIES):
+        page.goto(f"{ui}/deployments/deployment/{deployment_id}/run")
+        assert page.wait_for(f"!!{SUBMIT_JS}", timeout=90), "the Custom run form did not render"
+        for (section, field), text in edits.items():
+            assert page.evaluate(FORM_FIELD_JS % (json.dumps(section), json.dumps(field))), (section, field)
+            page.send("Input.insertText", {"text": text})  # typed, as a person does
+            page.evaluate("document.activeElement.blur()")
+        page.pump(0.5)
+        page.screenshot(shot, full_page=False)
+        page.events.clear()
+        page.evaluate(f"{SUBMIT_JS}.click()")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            page.pump(0.5)
+            sent = {e["params"]["requestId"] for e in page.events if e["method"] == "Network.requestWillBeSent"
+                    and e["params"]["request"]["url"].endswith("/create_flow_run")}
+            done = [e["params"]["response"]["status"] for e in page.events if e["method"] == "Network.responseReceived"
+                    and e["params"]["requestId"] in sent]
+            if done:
+                break
+        if done and done[0] == 201:
+            rid = next(iter(sent))
+            return json.loads(page.send("Network.getResponseBody", {"requestId": rid})["body"])
+    pytest.fail(f"the form's Submit did not create a flow run in {FORM_SUBMIT_TRIES} tries")
+
+
+def test_run_form_unchanged_runs_the_profile_and_a_changed_field_only_that(ops_stack, tmp_path):
+    """Issue 20.5: the form showed 'Profile: tiny' but filled every field with the course value and sent it. Now an
+    unchanged submit sends the deployment's parameters alone and runs tiny; typing 3 into class_ddpm's Guidance
+    sends that one value, and the MLflow run shows it as the param, its profile tiny and the change recorded."""
+    try:
+        exe = browser.find_or_install()
+    except browser.BrowserUnavailable as exc:
+        pytest.skip(f"no headless Chromium here: {exc}")
+    api, ml = ops_stack["api"], ops_stack["mlflow"]
+    ui = api.rsplit("/api", 1)[0]
+    deps = stackmod.http_json("POST", f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["tiny"]}}})
+    tiny = next(d for d in deps if d["parameters"] == {"config": {"profile": "tiny"}})
+    shots = browser.screenshot_dir(tmp_path)
+    with browser.chromium(exe, width=1400, height=1100) as page:
+        unchanged = submit_custom_run(page, ui, tiny["id"], {}, shots / "prefect-form-unchanged.png")
+        guided = submit_custom_run(page, ui, tiny["id"], {("Class Ddpm", "Guidance"): "3"},
+                                   shots / "prefect-form-guidance-3.png")
+    assert unchanged["parameters"]["config"] == {"profile": "tiny"}, unchanged["parameters"]
+    assert guided["parameters"]["config"] == {"profile": "tiny", "class_ddpm": {"guidance": 3}}, guided["parameters"]
+
+    for fr in (unchanged, guided):
+        wait_flow_run(ops_stack, fr["id"], timeout=2 * RUN_TIMEOUT_S)
+    exp = ml.experiment_id("difflab")  # made by the first run (this test may run alone)
+    part_b_runs = {}
+    for fr, guidance, changed in ((unchanged, "5.0", "none"), (guided, "3.0", "class_ddpm.guidance=3.0")):
+        runs = [r for r in ml.search(exp, f"tags.`prefect.flow_run_id` = '{fr['id']}'")
+                if run_tags(r).get("flow") == "part_b"]
+        assert len(runs) == 1, [r["info"]["run_name"] for r in runs]
+        params, tags = run_params(runs[0]), run_tags(runs[0])
+        assert tags["profile"] == "tiny" and runs[0]["info"]["run_name"] == "part_b-tiny"
+        # the tiny profile's sizes, not the course's the form used to send
+        assert (params["denoiser.hidden"], params["denoiser.epochs"], params["class_ddpm.hidden"],
+                params["time_ddpm.num_timesteps"], params["evaluation.num_samples"]) == ("4", "2", "4", "20", "40")
+        assert params["class_ddpm.guidance"] == guidance and params["evaluation.enabled"] == "True"
+        assert tags["profile_overrides"] == changed
+        part_b_runs[fr["id"]] = runs[0]["info"]["run_id"]
+    with browser.chromium(exe, width=1400, height=1100) as page:  # the param, as the MLflow UI shows it
+        page.goto(f"{ml.base}/#/experiments/{exp}/runs/{part_b_runs[guided['id']]}?workflowType=machine_learning")
+        search = "document.querySelector('input[placeholder=\"Search parameters\"]')"
+        assert page.wait_for(f"!!{search}", timeout=90), "no parameter table on the MLflow run page"
+        page.evaluate(f"{search}.focus()")
+        page.send("Input.insertText", {"text": "class_ddpm.guidance"})  # the table lists 137 params, virtualised
+        shown = page.wait_for("(() => { const t = document.body.innerText; const i = t.indexOf('Parameters (');"
+                              " return i >= 0 && t.slice(i).match(/class_ddpm\\.guidance\\s+3\\.0/) !== null; })()",
+                              timeout=30)
+        page.pump(1.0)
+        page.screenshot(shots / "mlflow-run-guidance-3.png", full_page=False)
+        assert shown, "the MLflow run page does not show class_ddpm.guidance 3.0"
+
+
+def test_a_run_cancelled_in_prefect_says_it_was_cancelled_and_from_where(ops_stack):
+    """Cancelled from Prefect, the run's difflab.error was just `TerminationSignal: `. Now it says cancel, where, and
+    how to resume; the MLflow run ends KILLED."""
+    env, ml = ops_stack["env"], ops_stack["mlflow"]
+    flow_run_id = trigger(env, "part_b/tiny", {"config": {"profile": "tiny", "force": True, "seed": 11}})
+    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # until it is training (the experiment exists once a run made it)
+        exp = next(iter(ml.search_experiment("difflab")), None)
+        if exp and any(r["info"]["status"] == "RUNNING" for r in ml.search(exp, query)):
+            break
+        assert time.monotonic() < deadline, f"the run never started:\n{flow_run_logs(ops_stack['api'], flow_run_id)}"
+        time.sleep(0.5)
+    res = prefect_cli(env, "flow-run", "cancel", flow_run_id)
+    assert res.returncode == 0, res.stdout + res.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        parent = next(r for r in ml.search(exp, query) if run_tags(r).get("flow") == "part_b")
+        if parent["info"]["status"] != "RUNNING" or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    error = run_tags(parent).get("difflab.error", "")
+    assert parent["info"]["status"] == "KILLED", (parent["info"]["status"], error)
+    assert error.startswith(f"cancelled in Prefect: flow run {flow_run_id} was cancelled"), error
+    assert "SIGTERM" in error and "resume" in error
 
 
 def test_zz_down_while_a_flow_runs_leaves_no_phantom_runs(ops_stack):

@@ -83,16 +83,28 @@ def test_pipeline_logs_its_page_and_marks_the_experiment(pipeline_run):
     assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
 
 
+WIDE_JS = """[...document.querySelectorAll('.pic.wide img')].map(i => ({alt: i.alt, shown: i.clientWidth,
+    natural: i.naturalWidth, box: i.closest('.pic').clientWidth}))"""
+
+
 def test_page_in_chromium_shows_every_section_and_image(pipeline_run, chromium_exe, tmp_path):
+    from difflab import viz
+
     local = Path(pipeline_run["result"]["report"])
     with browser.chromium(chromium_exe) as page:
         page.goto(local.as_uri())
         state = check_page(page)
         page.pump(0.5)
         assert page.errors() == []
-        page.screenshot(tmp_path / "report.png")
+        wide = page.evaluate(WIDE_JS)
+        page.screenshot(browser.screenshot_dir(tmp_path) / "report.png")
     assert_complete_write_up(state)
     assert state["runs"] == 1 and state["links"] > 20
+    # the trajectory strips: drawn at full size (scrolling in their box), so the t= labels keep their height
+    assert {w["alt"] for w in wide} == {"trajectory"} and len(wide) == 2, wide
+    for w in wide:
+        assert w["shown"] == w["natural"] > 0, w  # not shrunk to the column (the 3,490 px course strips were)
+        assert viz.LABEL_PT * viz.DPI / 72 * w["shown"] / w["natural"] >= 10, w
 
 
 def test_report_cli_default_run_and_two_side_by_side(pipeline_run, chromium_exe, tmp_path, capsys):
@@ -179,3 +191,45 @@ def test_page_inside_the_mlflow_ui_artifact_view(pipeline_run, mlflow_server, ch
         page.screenshot(tmp_path / "mlflow-ui.png", full_page=False)
         assert page.errors(frame) == []
     assert_complete_write_up(state)
+
+
+IMAGE_GRID_KEYS = ("class_ddpm.samples", "denoiser.denoised_test", "time_ddpm.samples")
+
+
+def test_mlflow_chart_view_image_grid_shows_the_pipelines_stepped_samples(pipeline_run, mlflow_server, chromium_exe,
+                                                                         tmp_path):
+    """Issue 20.6: Add chart -> Image grid found no images, because the stepped images live on the stage runs, folded
+    under the pipeline run the chart view shows. The pipeline run now carries them (`<stage>.<key>`, step = epoch),
+    and its params tell pipeline runs apart."""
+    from mlflow.tracking import MlflowClient
+
+    from difflab import tracking
+
+    run_id = pipeline_run["result"]["run_id"]
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["part_b.class_ddpm.guidance"] == "5.0" and run.data.params["part_b.profile"] == "tiny"
+    assert run.data.params["part_a.i_start"] == "5" and "profile" not in run.data.params
+    assert run.data.tags["mlflow.loggedImages"] == "True"
+    stepped = sorted(tracking._split_stepped(Path(p).stem) for p in tracking.artifact_paths(run_id, "images")
+                     if p.endswith(".png"))
+    assert stepped == sorted((k, e) for k in IMAGE_GRID_KEYS for e in (1, 2)), stepped
+
+    exp = run.info.experiment_id
+    with browser.chromium(chromium_exe, width=1600, height=1300) as page:
+        page.goto(f"{mlflow_server}/#/experiments/{exp}/runs?{tracking.UI_MODEL_TRAINING}&compareRunsMode=CHART")
+        assert page.click_text("button", "Add chart", timeout=90), "no Add chart button in the chart view"
+        assert page.click_text("[role=menuitem]", "Image grid"), "no Image grid chart type"
+        assert page.click_text("[role=dialog] [role=combobox]", "Images"), "no image picker"
+        keys = page.evaluate("[...document.querySelectorAll('[role=option]')].map(o => o.innerText.trim())")
+        assert set(IMAGE_GRID_KEYS) <= set(keys), keys
+        assert page.click_text("[role=option]", "class_ddpm.samples")
+        page.key("Escape", 27)
+        page.evaluate("document.querySelector('[role=dialog] [role=switch]').click()")  # run params off: the image
+        track = page.evaluate("(() => { let e = document.querySelector('[role=dialog] [role=slider]');"
+                              " while (e && e.getBoundingClientRect().width < 60) e = e.parentElement;"
+                              " const r = e.getBoundingClientRect(); return [r.right - 3, r.y + r.height / 2]; })()")
+        page.click_at(*track)  # the step slider to its last epoch
+        shown = page.wait_for("[...document.querySelectorAll('[role=dialog] img')].filter(i => i.complete"
+                              " && i.naturalWidth > 0).map(i => decodeURIComponent(i.src))", timeout=30)
+        page.screenshot(browser.screenshot_dir(tmp_path) / "mlflow-image-grid.png", full_page=False)
+    assert shown and any("class_ddpm.samples+step+2+" in src for src in shown), shown

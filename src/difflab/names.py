@@ -58,6 +58,8 @@ SAMPLE_STEPS = "sample_steps"
 FORWARD_BLUR_ONE_STEP = "forward_blur_one_step"
 ITERATIVE_STEPS = "iterative_steps"
 DENOISE_COMPARED = "denoise_compared"
+DENOISE_RESTORING = "denoise_restoring"
+"""Part A 1.4 again from the noisiest later i_start where the iterative loop still restores (logged only then)."""
 SAMPLES_UNGUIDED = "samples_unguided"
 SAMPLES_CFG = "samples_cfg"
 SDEDIT = "sdedit"
@@ -94,6 +96,8 @@ MSE_ITERATIVE = "mse_iterative"
 MSE_ONE_STEP = "mse_one_step"
 MSE_BLUR = "mse_blur"
 UNMASKED_MAX_ABS_CHANGE = "unmasked_max_abs_change"
+RESTORE_MSE_ITERATIVE = "restore.mse_iterative"
+RESTORE_MSE_ONE_STEP = "restore.mse_one_step"
 REPAINTED_SHARE = "repainted_share"
 """Part A inpainting: the share of pixels the mask repaints, beside the change outside it (so a 0.0 is not vacuous)."""
 
@@ -107,6 +111,9 @@ JUDGE_DIR = "judge"
 HEADLINE_FILE = "headline.json"
 
 # ----------------------------------------------------------------- what each run logs (the page's contract)
+OPTIONAL_IMAGES = frozenset({DENOISE_RESTORING})
+"""Images a run logs only when its result calls for them (the page marks their figures optional)."""
+
 IMAGES: dict[str, tuple[str, ...]] = {
     "denoiser": (NOISING_GRID, LOSS_CURVE, DENOISED_TEST, OOD_SIGMA_SWEEP),
     "time_ddpm": (LOSS_CURVE, SNAPSHOT_SAMPLES),
@@ -115,7 +122,7 @@ IMAGES: dict[str, tuple[str, ...]] = {
     "sample_class_ddpm": (FINAL_SAMPLES, TRAJECTORY, denoising_gif("class_ddpm")),
     "evaluation": (JUDGED_SAMPLES,),
     "part_a/sample_steps": (SAMPLE_STEPS,),
-    "part_a/denoise": (FORWARD_BLUR_ONE_STEP, ITERATIVE_STEPS, DENOISE_COMPARED),
+    "part_a/denoise": (FORWARD_BLUR_ONE_STEP, ITERATIVE_STEPS, DENOISE_COMPARED, DENOISE_RESTORING),
     "part_a/sample": (SAMPLES_UNGUIDED,),
     "part_a/cfg": (SAMPLES_CFG,),
     "part_a/sdedit": (SDEDIT,),

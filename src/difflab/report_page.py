@@ -116,7 +116,9 @@ TIME_P: P = (("hidden", "D"), ("batch_size", "batch"), ("plan.epochs", "epochs")
              ("lr_final_factor", "lr decays to ×"), ("num_timesteps", "T"), ("beta1", "β₁"), ("beta2", "β_T"),
              ("seed", "seed"))
 CLASS_P: P = TIME_P + (("p_uncond", "p_uncond"), ("guidance", "guidance γ"))
-SAMPLE_P: P = (("guidance", "guidance γ"), ("gif_frames", "GIF frames"), ("seed", "seed"))
+TIME_SAMPLE_P: P = (("gif_frames", "GIF frames"), ("seed", "seed"))
+"""The time-conditioned model has no condition, so no guidance: its captions must not name one."""
+SAMPLE_P: P = (("guidance", "guidance γ"),) + TIME_SAMPLE_P
 PART_A_P: P = (("backend", "backend"), ("model", "model"), ("num_timesteps", "T"), ("seed", "seed"))
 
 
@@ -130,6 +132,13 @@ class Fig:
     """A sentence on what the figure shows."""
     params: P = ()
     pixelated: bool = True
+    wide: bool = False
+    """A long strip (a trajectory, thousands of pixels wide): shown at full size in a scrolling box, so its
+    labels keep the size they were drawn at, instead of shrunk to the column's width."""
+    framed: bool = False
+    """A frame and a grey mat around the image, for images with white edges (an inpainting mask)."""
+    optional: bool = False
+    """Left out of the page when no run has it (made only in some cases, e.g. 1.4's restoring start)."""
 
 
 @dataclass(frozen=True)
@@ -189,10 +198,12 @@ PART_B = (
           Fig("time_ddpm", names.SNAPSHOT_SAMPLES, "Samples after the snapshot epochs",
               "Digits drawn from pure noise with the model as it was after each snapshot epoch.",
               TIME_P + (("plan.snapshot_epochs", "snapshot epochs"),)),
-          Fig("sample_time_ddpm", names.FINAL_SAMPLES, "Final samples", "Samples from the finished model.", SAMPLE_P),
+          Fig("sample_time_ddpm", names.FINAL_SAMPLES, "Final samples", "Samples from the finished model.",
+              TIME_SAMPLE_P),
           Fig("sample_time_ddpm", names.TRAJECTORY, "Denoising trajectory",
-              "Each row follows one sample from noise (left) to digit (right).", SAMPLE_P),
-          Fig("sample_time_ddpm", names.GIF_PATTERN, "Denoising, animated", "The whole grid denoising, as a GIF.", SAMPLE_P)],
+              "Each row follows one sample from noise (left) to digit (right).", TIME_SAMPLE_P, wide=True),
+          Fig("sample_time_ddpm", names.GIF_PATTERN, "Denoising, animated", "The whole grid denoising, as a GIF.",
+              TIME_SAMPLE_P)],
          [Number("final training loss", "time_ddpm", names.FINAL_LOSS),
           Number("training time", "time_ddpm", names.TRAIN_SECONDS, "seconds")]),
     _sec("B", "b-class-ddpm", "B.3", "Class-conditioned DDPM",
@@ -206,7 +217,7 @@ PART_B = (
           Fig("sample_class_ddpm", names.FINAL_SAMPLES, "Final samples", "Every digit from the finished model.",
               SAMPLE_P),
           Fig("sample_class_ddpm", names.TRAJECTORY, "Denoising trajectory",
-              "Rows follow single samples from noise to digit.", SAMPLE_P),
+              "Rows follow single samples from noise to digit.", SAMPLE_P, wide=True),
           Fig("sample_class_ddpm", names.GIF_PATTERN, "Denoising, animated", "The whole grid denoising, as a GIF.",
               SAMPLE_P)],
          [Number("final training loss", "class_ddpm", names.FINAL_LOSS),
@@ -223,7 +234,7 @@ PART_B = (
           Number("class agreement (sample judged as the requested digit)", "evaluation", names.agreement("class"), "percent"),
           Number("judge's mean confidence in the requested digit", "evaluation", names.confidence("class"), "percent"),
           Number("evaluation time (judge training included)", "evaluation", names.EVAL_SECONDS, "seconds")],
-         ["frechet_table", "agreement_table"]),
+         ["frechet_table", "agreement_table", "digit_share_table"]),
 )
 
 PART_A = (
@@ -240,16 +251,28 @@ PART_A = (
               _part_a_p(("forward_timesteps", "t"), ("blur_sigmas", "blur σ")))]),
     _sec("A", "a-iterative", "A.1.4", "Iterative denoising compared",
          "Starting from the noisy image at strided step i_start, the model denoises step by step along the "
-         "strided schedule; the result is compared with one-step denoising and blurring of the same image.",
+         "strided schedule; the result is compared with one-step denoising and blurring of the same image. "
+         "From the spec's i_start = 10 (t = 690 of IF's T = 1000; t = 207 of the MNIST model's T = 300) little "
+         "of the original survives the noise, and the model generates rather than restores: it lands on a "
+         "plausible image, for MNIST often another digit, so its result can be further from the original (a "
+         "higher MSE) than the blurry one-step estimate, which averages over every image the noise could hide. "
+         "When that happens, the last figure starts again from the noisiest later i_start at which the "
+         "iterative result is at least as close to the original as one-step denoising: from there it restores.",
          [Fig("part_a/denoise", names.ITERATIVE_STEPS, "Iterative denoising, every 5th step",
               "The image along the strided schedule, left to right.", _part_a_p(("i_start", "i_start"),
                                                                                 ("t_start", "t_start"))),
           Fig("part_a/denoise", names.DENOISE_COMPARED, "Iterative vs one-step vs blur",
               "The original, its noisy version and the three estimates.", _part_a_p(("i_start", "i_start"),
-                                                                                    ("t_start", "t_start")))],
+                                                                                    ("t_start", "t_start"))),
+          Fig("part_a/denoise", names.DENOISE_RESTORING, "Where the iterative loop still restores",
+              "The same comparison from the noisiest later i_start at which the iterative result is at least "
+              "as close to the original as one-step denoising.",
+              _part_a_p(("restore_i_start", "i_start"), ("restore_t_start", "t_start")), optional=True)],
          [Number("MSE, iterative", "part_a/denoise", names.MSE_ITERATIVE),
           Number("MSE, one-step", "part_a/denoise", names.MSE_ONE_STEP),
-          Number("MSE, best blur", "part_a/denoise", names.MSE_BLUR)]),
+          Number("MSE, best blur", "part_a/denoise", names.MSE_BLUR),
+          Number("MSE, iterative, from the i_start where it restores", "part_a/denoise", names.RESTORE_MSE_ITERATIVE),
+          Number("MSE, one-step, from the same i_start", "part_a/denoise", names.RESTORE_MSE_ONE_STEP)]),
     _sec("A", "a-sample", "A.1.5", "Sampling from pure noise",
          "i_start = 0: the iterative loop started from pure noise, without guidance.",
          [Fig("part_a/sample", names.SAMPLES_UNGUIDED + "*", "Unguided samples", "Samples from pure noise.",
@@ -267,7 +290,7 @@ PART_A = (
          "After every step the pixels outside the mask are reset to the original, noised to the current "
          "timestep, so only the masked region gets new content.",
          [Fig("part_a/inpaint", names.INPAINT + "*", "Inpainting", "Original, mask (white = new content), kept pixels, result.",
-              _part_a_p(("mask", "mask"), ("guidance", "guidance γ")))],
+              _part_a_p(("mask", "mask"), ("guidance", "guidance γ")), framed=True)],
          [Number("largest change outside the mask", "part_a/inpaint", names.UNMASKED_MAX_ABS_CHANGE)]),
     _sec("A", "a-i2i", "A.1.7.3", "Text-conditioned image-to-image",
          "SDEdit guided by a different condition: the test image pulled towards another prompt (digit).",
@@ -417,36 +440,49 @@ class _Page:
             rows.append([f"<th>{_e(n.label)}</th>", *[f'<td class="num">{c}</td>' for c in cells]])
         return _table(["", *self.labels], rows, cls="numbers") if rows else ""
 
+    @staticmethod
+    def _images(f: Fig, st: StageData | None) -> list[PageImage]:
+        images = [im for im in (st.images if st else []) if fnmatch.fnmatchcase(im.name, f.pattern)
+                  or fnmatch.fnmatchcase(im.path.rsplit("/", 1)[-1], f.pattern)]
+        return sorted(images, key=lambda im: (im.name, im.step if im.step is not None else -1))
+
     def figure(self, f: Fig) -> str:
+        if f.optional and not any(self._images(f, r.stages.get(f.stage)) for r in self.runs):
+            return ""
         cells = []
         for label, r in zip(self.labels, self.runs):
             st = r.stages.get(f.stage)
-            images = [im for im in (st.images if st else []) if fnmatch.fnmatchcase(im.name, f.pattern)
-                      or fnmatch.fnmatchcase(im.path.rsplit("/", 1)[-1], f.pattern)]
-            images.sort(key=lambda im: (im.name, im.step if im.step is not None else -1))
+            images = self._images(f, st)
             head = f'<div class="runlabel">{_e(label)}</div>' if len(self.runs) > 1 else ""
             if not images:
                 why = "this stage was not run" if st is None else "no such image in this run"
                 cells.append(f'<figure class="cell empty">{head}<p class="missing">{why}</p></figure>')
                 continue
-            pics = "".join(self._img(im, f, len(images) > 1) for im in images)
+            pics = "".join(self._img(im, f, len(images) > 1, st) for im in images)
             cells.append(f'<figure class="cell">{head}<div class="pics">{pics}</div>'
                          f"<figcaption>{self.caption(f, r, st)}</figcaption></figure>")
         return (f'<div class="figure" data-figure="{_e(f.stage)}:{_e(f.pattern)}"><h4>{_e(f.title)}</h4>'
                 f'<div class="row cols-{len(self.runs)}">{"".join(cells)}</div></div>')
 
-    def _img(self, im: PageImage, f: Fig, labelled: bool) -> str:
+    def _img(self, im: PageImage, f: Fig, labelled: bool, st: StageData | None = None) -> str:
         scale = 1
         if im.width and im.width < self.cfg.min_image_px:
             scale = math.ceil(self.cfg.min_image_px / im.width)
         size = f' width="{im.width * scale}" height="{im.height * scale}"' if im.width and im.height else ""
-        style = ' class="px"' if f.pixelated or scale > 1 else ""
+        classes = (["px"] if f.pixelated or scale > 1 else []) + (["framed"] if f.framed else [])
+        style = f' class="{" ".join(classes)}"' if classes else ""
         label = ""
         if labelled:
             label = f"after {STEPPED_LABEL} {im.step}" if im.step is not None else im.name
             label = f'<span class="sub">{_e(label)}</span>'
         alt = im.name + (f" ({STEPPED_LABEL} {im.step})" if im.step is not None else "")
-        return f'<div class="pic">{label}<img src="{im.uri()}" alt="{_e(alt)}"{size}{style}></div>'
+        tag = f'<img src="{im.uri()}" alt="{_e(alt)}"{size}{style}>'
+        full = _full_size_url(st, im)
+        if full:  # the file itself, at full size, in the MLflow UI's artifact view
+            tag = f'<a class="full" href="{_e(full)}" target="_blank" rel="noopener" title="open full size">{tag}</a>'
+            label += f'<a class="sub fulllink" href="{_e(full)}" target="_blank" rel="noopener">open full size</a>'
+        box = "pic wide" if f.wide else "pic"
+        return f'<div class="{box}">{label}{tag}</div>'
 
     def caption(self, f: Fig, run: RunData, st: StageData) -> str:
         parent = run.stages.get("part_a") if f.stage.startswith("part_a/") else None
@@ -522,8 +558,27 @@ def _agreement_table(page: _Page) -> str:
         _table(["digit", *[str(d) for d in digits]], rows, cls="numbers digits")
 
 
+def _digit_share_table(page: _Page) -> str:
+    """How the judge reads the time-conditioned (unconditional) samples: the share of each digit."""
+    digits = range(10)
+    rows = []
+    for label, r in zip(page.labels, page.runs):
+        values = [_metric(r, "evaluation", f"time.digit_share.digit_{d}") for d in digits]
+        if all(v is None for v in values):
+            continue
+        rows.append([f"<th>{_e(label) or 'share'}</th>",
+                     *[f'<td class="num">{_fmt(v, "percent", page.cfg)}</td>' for v in values]])
+    if not rows:
+        return ""
+    return ("<h4>Time-conditioned samples: the share the judge reads as each digit</h4>"
+            "<p>The time-conditioned model is asked for no digit; 10 % each would be a perfect spread, and the "
+            "rarest digit's share shows which digits it neglects.</p>"
+            + _table(["digit", *[str(d) for d in digits]], rows, cls="numbers digits"))
+
+
 TABLES: dict[str, Callable[[_Page], str]] = {"sigma_table": _sigma_table, "frechet_table": _frechet_table,
-                                              "agreement_table": _agreement_table}
+                                              "agreement_table": _agreement_table,
+                                              "digit_share_table": _digit_share_table}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +597,16 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") ->
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
     body = "".join(f"<tr>{''.join(r)}</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _full_size_url(st: StageData | None, im: PageImage) -> str:
+    """The image's file in the MLflow UI (its artifact view), from the run that made it (the original run of a
+    reused stage); "" when the run has no address."""
+    base = (st.reused_from_url if st.reused_from else st.url) if st else ""
+    if not base or "/runs/" not in base:
+        return ""
+    head, _, query = base.partition("?")
+    return f"{head.rstrip('/')}/artifacts/{im.path}" + (f"?{query}" if query else "")
 
 
 def _metric(run: RunData, stage: str, key: str) -> float | None:
@@ -671,6 +736,11 @@ figure.cell { margin: 0; padding: 10px 12px; border: 1px solid var(--line); bord
 .pic { display: flex; flex-direction: column; align-items: flex-start; max-width: 100%; }
 .pic .sub { font-size: 12.5px; color: var(--muted); margin-bottom: 2px; }
 .pic img { max-width: 100%; height: auto; display: block; }
+.pic.wide { max-width: 100%; overflow-x: auto; padding-bottom: 4px; }
+.pic.wide img { max-width: none; }
 img.px { image-rendering: pixelated; }
+img.framed { border: 1px solid #475467; background: #98a2b3; padding: 6px; }
+.pic a.full { display: block; cursor: zoom-in; }
+.pic .fulllink { margin-top: 2px; order: 2; }
 figcaption { font-size: 13px; color: var(--muted); margin-top: 8px; }
 """

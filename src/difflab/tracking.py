@@ -253,11 +253,12 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapp
         yield run_id
     except BaseException as exc:
         dead = is_unreachable(exc)
+        stopped = stop_reason(exc)
         with _fail_fast() if dead else contextlib.nullcontext():
             with contextlib.suppress(Exception):
-                mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:_PARAM_MAX])
+                mlflow.set_tag(ERROR_TAG, (stopped or f"{type(exc).__name__}: {exc}")[:_PARAM_MAX])
             with contextlib.suppress(Exception) if dead else contextlib.nullcontext():
-                mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                mlflow.end_run("KILLED" if stopped or isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     else:
         active.__exit__(None, None, None)
@@ -419,6 +420,36 @@ def _system_metrics() -> bool:
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not two lines per run in the log
     return importlib.util.find_spec("psutil") is not None
+
+
+def stop_reason(exc: BaseException) -> str | None:
+    """Why a run was stopped from outside, in words, for a signal (Prefect's TerminationSignal: a cancel from the
+    Prefect UI or API, or a plain SIGTERM) or Ctrl-C; None for any other error. The run then ends KILLED."""
+    import signal as signals
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted: Ctrl-C (SIGINT) in the terminal that ran it; rerun the same command to resume"
+    try:
+        from prefect.exceptions import TerminationSignal
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return None
+    if not isinstance(exc, TerminationSignal):
+        return None
+    sig = getattr(exc, "signal", None)
+    name = signals.Signals(sig).name if isinstance(sig, int) and sig in iter(signals.Signals) else f"signal {sig}"
+    flow = _prefect_tags().get("prefect.flow_run_id")
+    where = f"flow run {flow}" if flow else "its flow run"
+    try:
+        from prefect._internal.control_listener import get_intent
+
+        intent = get_intent()
+    except Exception:  # noqa: BLE001 - an older Prefect without the control channel
+        intent = None
+    if intent == "cancel":
+        return (f"cancelled in Prefect: {where} was cancelled (Prefect UI Cancel, `prefect flow-run cancel` or the "
+                f"API) and its worker stopped the process with {name}; rerun it to resume from the last epoch")
+    return (f"stopped by {name} from outside Prefect (a kill, `difflab stack down`, a container or machine "
+            f"shutting down) while running {where}; rerun it to resume from the last epoch")
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -898,15 +929,42 @@ def _images(run_id: str) -> list:
     with tempfile.TemporaryDirectory(prefix="difflab-report-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images", dst_path=tmp))
         for path in files:
-            stem, step = Path(path).stem, None
-            for sep in _STEP_SEPARATORS:
-                if sep in stem:
-                    key, rest = stem.split(sep, 1)
-                    stem, step = key.replace("~", "/"), int(rest.split(sep[0], 1)[0])
-                    break
+            stem, step = _split_stepped(Path(path).stem)
             raw = (local / Path(path).relative_to("images")).read_bytes()
             out.append(PageImage.from_bytes(stem, path, raw, step))
     return out
+
+
+def _split_stepped(stem: str) -> tuple[str, int | None]:
+    """(key, step) of a stepped image's file stem; (stem, None) for any other image."""
+    for sep in _STEP_SEPARATORS:
+        if sep in stem:
+            key, rest = stem.split(sep, 1)
+            return key.replace("~", "/"), int(rest.split(sep[0], 1)[0])
+    return stem, None
+
+
+def copy_stepped_images(sources: Mapping[str, str], to_run_id: str) -> int:
+    """Log every stepped image (step = epoch) of each source run again on to_run_id, as `<name>.<key>` at the same
+    step; returns how many. The MLflow UI's chart view shows the top-level runs of an experiment (children stay
+    folded under them), so the stage runs' images reach its image charts, and compare across runs, only from there.
+    sources: name -> run id (a stage's own run, or the original run of a reused one)."""
+    from PIL import Image
+
+    count = 0
+    for name, run_id in sources.items():
+        files = [p for p in artifact_paths(run_id, "images") if p.endswith(".png") and "compressed" not in p
+                 and _split_stepped(Path(p).stem)[1] is not None]
+        if not files:
+            continue
+        with tempfile.TemporaryDirectory(prefix="difflab-images-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="images", dst_path=tmp))
+            for path in sorted(files):
+                key, step = _split_stepped(Path(path).stem)
+                with Image.open(local / Path(path).relative_to("images")) as im:
+                    MlflowClient().log_image(to_run_id, im.copy(), key=f"{name}.{key}", step=step, synchronous=True)
+                count += 1
+    return count
 
 
 def _seconds(info) -> float | None:

@@ -49,14 +49,31 @@ def grid(images: torch.Tensor, nrow: int | None = None, value_range=(0.0, 1.0), 
     return img
 
 
+LABEL_PT = 8
+"""Font size of the row and column labels of a labeled grid, in points."""
+TITLE_PT = 9
+"""Font size of a labeled grid's title, in points."""
+DPI = 100
+"""Pixels per inch of every matplotlib figure here: a LABEL_PT label is LABEL_PT * DPI / 72 = 11 px high."""
+TITLE_GAP_PT = 6
+"""White space between a grid's title and its first row, in points."""
+FRAME_GREY = 0.55
+"""Grey level (0 black, 1 white) of the frame drawn around each cell when frame=True."""
+
+
 def labeled_grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | None = None,
                  col_labels: Sequence[str] | None = None, value_range=(0.0, 1.0), title: str | None = None,
-                 cell_inches: float = 1.1) -> Image.Image:
-    """A matplotlib table of images: rows[i] is (N_i, C, H, W); labels on the left and top."""
+                 cell_inches: float = 1.1, frame: bool = False) -> Image.Image:
+    """A matplotlib table of images: rows[i] is (N_i, C, H, W); labels on the left and top.
+
+    The title gets a band of its own above the cells (tight_layout alone ignores a suptitle and lets it
+    overlap the first row). frame=True draws a grey box around every cell, so an image with white edges
+    (an inpainting mask) stays visible on a white page.
+    """
     plt = pyplot()
     ncols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell_inches * ncols + 0.8, cell_inches * len(rows) + 0.5),
-                             squeeze=False)
+    height = cell_inches * len(rows) + 0.5 + (TITLE_GAP_PT + TITLE_PT) / 72 * bool(title)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell_inches * ncols + 0.8, height), squeeze=False, dpi=DPI)
     for i, row in enumerate(rows):
         arr = to_uint8(row, value_range)
         for j in range(ncols):
@@ -64,19 +81,32 @@ def labeled_grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | None 
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
-                spine.set_visible(False)
+                spine.set_visible(frame and j < len(arr))
+                spine.set_edgecolor(str(FRAME_GREY))
             if j < len(arr):
                 img = arr[j]
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
                           vmin=0, vmax=255)
             if i == 0 and col_labels is not None and j < len(col_labels):
-                ax.set_title(str(col_labels[j]), fontsize=8)
+                ax.set_title(str(col_labels[j]), fontsize=LABEL_PT)
         if row_labels is not None:
-            axes[i][0].set_ylabel(str(row_labels[i]), fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
+            axes[i][0].set_ylabel(str(row_labels[i]), fontsize=LABEL_PT)
     fig.tight_layout()
+    if title:
+        _title_above(fig, axes[0], fig.suptitle(title, fontsize=TITLE_PT))
     return figure_to_image(fig)
+
+
+def _title_above(fig, top_row, title) -> None:
+    """Move the cells down until the first row (its column labels included) ends TITLE_GAP_PT below the
+    title: tight_layout leaves a suptitle over a tall grid's first row (the out-of-distribution sweep)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title_bottom = title.get_window_extent(renderer).y0
+    cells_top = max(ax.get_tightbbox(renderer).y1 for ax in top_row)
+    overlap = cells_top - (title_bottom - TITLE_GAP_PT * fig.dpi / 72)
+    if overlap > 0:
+        fig.subplots_adjust(top=fig.subplotpars.top - overlap / fig.bbox.height)
 
 
 def figure_to_image(fig) -> Image.Image:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from difflab.edits.algorithms import (DenoiseResult, anagram, best_blur, denoise_noisy_image, forward_process,
+from difflab.edits.algorithms import (DenoiseResult, Restoration, anagram, best_blur, denoise_noisy_image, forward_process,
                                       hybrid, image_to_image, inpaint, iterative_denoise, one_step_denoise, sample,
-                                      sample_at_steps, sdedit)
+                                      sample_at_steps, sdedit, compare_at, first_restoring)
 from difflab.edits.backend import Backend, BackendUnavailable, NoiseEstimate
 from difflab.edits.images import load_image, load_mask, rect_mask
 
@@ -36,4 +36,4 @@ def load_backend(kind: str = "mnist", **kwargs: Any) -> Backend:
 __all__ = ["Backend", "BackendUnavailable", "DenoiseResult", "NoiseEstimate", "anagram", "best_blur",
            "denoise_noisy_image", "forward_process", "hybrid", "image_to_image", "inpaint", "iterative_denoise",
            "load_backend", "load_image", "load_mask", "one_step_denoise", "rect_mask", "sample", "sample_at_steps",
-           "sdedit"]
+           "sdedit", "Restoration", "compare_at", "first_restoring"]

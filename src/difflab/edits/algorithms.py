@@ -166,6 +166,45 @@ def denoise_noisy_image(backend: Backend, image: torch.Tensor, i_start: int = 10
     return iterative_denoise(backend, x_t, estimator(backend, cond, gamma), ts, i_start, gen, keep_every)
 
 
+
+@dataclass
+class Restoration:
+    """Section 1.4's comparison at one i_start: the iterative and the one-step estimate of the same noisy image."""
+
+    i_start: int
+    t_start: int
+    iterative: DenoiseResult
+    one_step: torch.Tensor
+    mse_iterative: float
+    mse_one_step: float
+
+
+def compare_at(backend: Backend, image: torch.Tensor, i_start: int, seed: int = SEED, keep_every: int = 5,
+               stride: int = REFERENCE_STRIDE) -> Restoration:
+    """Noise image to strided step i_start; denoise it iteratively (A.3) and in one step (1.3); MSE of each
+    to the original (mean over pixels, in the backend's value range)."""
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
+    res = denoise_noisy_image(backend, image, i_start, seed=seed, keep_every=keep_every, stride=stride)
+    t = int(ts[i_start])
+    one = one_step_denoise(backend, {t: res.start})[t]
+    mse = lambda x: float(((x.cpu() - image.cpu()) ** 2).mean())  # noqa: E731
+    return Restoration(i_start, t, res, one, mse(res.image), mse(one))
+
+
+def first_restoring(backend: Backend, image: torch.Tensor, i_start: int, seed: int = SEED, keep_every: int = 5,
+                    stride: int = REFERENCE_STRIDE) -> Restoration | None:
+    """The noisiest strided step after i_start from which the iterative loop restores the image rather than
+    generates another one: the first i > i_start whose iterative MSE is at most the one-step MSE (one-step
+    denoising averages the images the noise could hide, so a loop that lands on a different plausible image
+    scores worse than it). None when no later step does."""
+    ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
+    for i in range(check_i_start(i_start, ts) + 1, len(ts)):
+        r = compare_at(backend, image, i, seed, keep_every, stride)
+        if r.mse_iterative <= r.mse_one_step:
+            return r
+    return None
+
+
 def sample(backend: Backend, cond: Condition | None = None, num: int = 1, gamma: float | None = 7.0,
            seed: int = SEED, timesteps: Sequence[int] | None = None, keep_every: int = 5,
            stride: int = REFERENCE_STRIDE) -> DenoiseResult:

@@ -136,7 +136,7 @@ def _minutes(seconds: float | None) -> str:
 
 def budget_floor(snapshot_epochs: list[int]) -> int:
     """The fewest epochs that keep each deliverable meaningful: every snapshot but the last at its own
-    epoch, the last after it (quick: denoiser [1, 5] -> 2, time DDPM [12, 36] -> 13, class [10, 46] -> 11)."""
+    epoch, the last after it (quick: denoiser [1, 5] -> 2, time DDPM [5, 36] -> 6, class [10, 46] -> 11)."""
     snaps = sorted(set(snapshot_epochs))
     return snaps[-2] + 1 if len(snaps) >= 2 else 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from difflab.tracking import artifact_paths
 from difflab.config import PartAConfig
@@ -48,7 +48,9 @@ def test_bad_inputs_are_one_line_errors(prefect_harness, mlflow_store, tmp_path,
 
     stage1, _, embeds = tiny_if_folders()
     photo = tmp_path / "photo.png"
-    Image.new("RGB", (64, 64)).save(photo)
+    drawn = Image.new("RGB", (64, 64))  # a white square on black: a blank image is refused before anything else
+    ImageDraw.Draw(drawn).rectangle([16, 16, 47, 47], fill="white")
+    drawn.save(photo)
     base = ["part-a", "--set", "backend=deepfloyd", "--set", f"deepfloyd.stage1={stage1}",
             "--set", "deepfloyd.stage2=null", "--set", f"deepfloyd.embeddings={embeds}"]
     cases = [

@@ -63,6 +63,9 @@ def _from_profile(schema: dict[str, Any], cls: type) -> None:
         if prop.get("type") == "boolean":  # a toggle has no empty state: the form sends false when it is untouched
             del prop["type"]
             prop["enum"] = [True, False]  # a choice, empty until a person picks one
+        elif any(m.get("type") == "boolean" for m in prop.get("anyOf", [])) and all(
+                m.get("type") == "boolean" or "const" in m for m in prop["anyOf"]):  # a lever: true, false or auto
+            prop["enum"] = [v for m in prop.pop("anyOf") for v in ([True, False] if "const" not in m else [m["const"]])]
 
 
 FROM_PROFILE = ConfigDict(json_schema_extra=_from_profile)

@@ -36,6 +36,7 @@ import torch
 
 from difflab.config import FastPath
 from difflab.sampling import draw, schedule_from_extra
+from difflab.stages import STAGES
 from difflab.train import load_model, pick_device
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
 
@@ -111,16 +112,22 @@ def _integer(row: int, name: str, value: Any, lo: int, hi: int, fix: str) -> int
     return int(value)
 
 
+GENERATOR_KIND = "generator"
+"""A pyfunc that draws digits from a request table (the DDPMs)."""
+DENOISER_KIND = "denoiser"
+"""A pyfunc that maps noisy digits to clean ones (the single-step denoiser)."""
+
+
 class DigitGenerator:
     """A trained DDPM (time- or class-conditioned) answering request tables with the project's sampler."""
 
-    kind = "generator"
+    kind = GENERATOR_KIND
 
     def __init__(self, model: torch.nn.Module, extra: dict):
         self.model, self.extra = model, extra
         self.schedule = schedule_from_extra(extra)
         config = extra.get("config", {})
-        self.conditional = extra.get("stage") == "class"
+        self.conditional = bool(getattr(STAGES[extra["stage"]], "conditional", False))
         self.default_guidance = float(config.get("guidance", 0.0)) if self.conditional else 0.0
         self.fast = FastPath(**config["fast"]) if "fast" in config else None
         self.clip_x0 = bool(config.get("clip_x0", False))
@@ -197,7 +204,7 @@ class DigitGenerator:
 class DigitDenoiser:
     """The single-step denoiser D(z): noisy digits in, clean digits (clamped to [0, 1]) out."""
 
-    kind = "denoiser"
+    kind = DENOISER_KIND
 
     def __init__(self, model: torch.nn.Module, extra: dict):
         self.model, self.extra = model, extra
@@ -228,9 +235,8 @@ def load(path: str | Path, device: torch.device | str | None = None) -> DigitGen
             raise FileNotFoundError(f"{path} should hold one checkpoint (*.pt), found {len(found)}")
         path = found[0]
     model, extra = load_model(path, device or _device())
-    if extra.get("stage") == "denoiser":
-        return DigitDenoiser(model, extra)
-    if extra.get("stage") in ("time", "class"):
-        return DigitGenerator(model, extra)
+    stage = STAGES.get(extra.get("stage"))
+    if stage is not None:  # what the stage draws decides: digits from noise, or noisy digits made clean
+        return DigitGenerator(model, extra) if stage.generative else DigitDenoiser(model, extra)
     raise ValueError(f"checkpoint {path} names no Part B stage (extra.stage={extra.get('stage')!r}); "
                      "use one written by the training flow")

@@ -553,7 +553,7 @@ def _pyfunc_signature(model):
 
     from difflab import generator
 
-    if model.kind == "denoiser":
+    if model.kind == generator.DENOISER_KIND:
         spec = Schema([TensorSpec(np.dtype(np.float32), generator.DENOISER_SHAPE)])
         return ModelSignature(spec, spec)
 
@@ -570,9 +570,9 @@ def _pyfunc_example(model):
     import numpy as np
     import pandas as pd
 
-    from difflab.generator import DENOISER_SHAPE, UNCONDITIONAL
+    from difflab.generator import DENOISER_KIND, DENOISER_SHAPE, UNCONDITIONAL
 
-    if model.kind == "denoiser":
+    if model.kind == DENOISER_KIND:
         return np.zeros((1, *DENOISER_SHAPE[1:]), np.float32)
     if model.conditional:
         return pd.DataFrame([{"digit": 7, "count": 4, "guidance": model.default_guidance, "seed": 0,
@@ -602,7 +602,7 @@ def log_generator(checkpoint: str | Path, name: str, step: int, registered_name:
 
     model = generator.load(checkpoint, "cpu")
     meta = {"kind": model.kind, "stage": model.extra.get("stage")}
-    if model.kind == "generator":
+    if model.kind == generator.GENERATOR_KIND:
         meta.update(conditional=model.conditional, num_timesteps=model.num_timesteps,
                     guidance=model.default_guidance)
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)  # no "model logged" chatter per epoch
@@ -685,10 +685,10 @@ class _ServedModel:
         import numpy as np
         import pandas as pd
 
-        from difflab.generator import RESPONSE_FIELDS, InvalidRequest
+        from difflab.generator import DENOISER_KIND, RESPONSE_FIELDS, InvalidRequest
 
         try:
-            if self.model.kind == "denoiser":
+            if self.model.kind == DENOISER_KIND:
                 data = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else model_input
                 return self.model.denoise(np.asarray(data))
             if isinstance(model_input, pd.DataFrame):

@@ -90,7 +90,7 @@ def test_disk_full_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch)
 
 
 def test_disk_full_in_the_tracking_store_reads_as_disk_full(tmp_path, monkeypatch):
-    from difflab.cli import _disk_full_line
+    from difflab.cli.failures import disk_full_line as _disk_full_line
 
     monkeypatch.chdir(tmp_path)
     try:

@@ -1,0 +1,5 @@
+"""`python -m difflab.cli ARGS` is `difflab ARGS`."""
+
+from difflab.cli import main
+
+raise SystemExit(main())

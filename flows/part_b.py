@@ -1,7 +1,8 @@
 """Part B: MNIST data -> single-step denoiser -> time-conditioned DDPM -> class-conditioned DDPM -> evaluation.
 
 One flow run is one MLflow run; each stage is a nested run. Each stage is also a
-flow of its own (`train_denoiser`, ...), runnable alone with the same config.
+flow of its own (`train_denoiser`, ...: one per entry of names.PART_B_STAGES, made by `_stage_flow`),
+runnable alone with the same config.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Iterator
 
 from prefect import flow, get_run_logger
 
-from difflab import tracking
+from difflab import names, tracking
 from difflab.config import PartBConfig, describe_overrides, flatten_params, profile_overrides
 from difflab.stages import STAGES
 from difflab.train import device_name, pick_device
@@ -93,19 +94,21 @@ def _one_stage(config: PartBConfig | None, stage: str) -> StageRef:
         return run_stage(config, stage, prepare_data(config.data, run_id), run_id)
 
 
-@flow(name="train_denoiser", log_prints=True)
-def train_denoiser_flow(config: PartBConfig | None = None) -> StageRef:
-    return _one_stage(config, "denoiser")
+def _stage_flow(stage: str):
+    """The flow that trains `stage` alone: Prefect flow names.stage_flow(<run name>), function <that>_flow."""
+    flow_name = names.stage_flow(names.PART_B_STAGES[stage])
+
+    def train_one_stage(config: PartBConfig | None = None) -> StageRef:
+        return _one_stage(config, stage)
+
+    train_one_stage.__name__ = train_one_stage.__qualname__ = f"{flow_name}_flow"  # what an entrypoint names
+    return flow(name=flow_name, log_prints=True)(train_one_stage)
 
 
-@flow(name="train_time_ddpm", log_prints=True)
-def train_time_ddpm_flow(config: PartBConfig | None = None) -> StageRef:
-    return _one_stage(config, "time")
-
-
-@flow(name="train_class_ddpm", log_prints=True)
-def train_class_ddpm_flow(config: PartBConfig | None = None) -> StageRef:
-    return _one_stage(config, "class")
+STAGE_FLOWS = {stage: _stage_flow(stage) for stage in names.PART_B_STAGES}
+"""One flow per stage, in training order, derived from names.PART_B_STAGES: train_denoiser_flow,
+train_time_ddpm_flow, train_class_ddpm_flow (module attributes, for the CLI and for entrypoints)."""
+globals().update({f.fn.__name__: f for f in STAGE_FLOWS.values()})
 
 
 if __name__ == "__main__":

@@ -61,6 +61,25 @@ def test_prefect_yaml_parameters_validate_against_the_flows_configs():
             models[flow].model_validate(d["parameters"]["config"])
 
 
+def test_prefect_yaml_entrypoints_name_flows_and_its_stage_lists_name_every_stage():
+    """prefect.yaml is static YAML: it fails here when an entrypoint names no flow (a renamed flow function,
+    a per-stage flow of a stage that is gone) or a grid key that sets every stage's width misses a stage."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from difflab import names
+
+    stage_runs = set(names.PART_B_STAGES.values())
+    for d in _declared():
+        flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]), use_placeholder_flow=False)
+        func = d["entrypoint"].rsplit(":", 1)[1]
+        if func.startswith("train_"):  # a per-stage flow: names.stage_flow(<run>)_flow
+            assert flow.name in {names.stage_flow(r) for r in stage_runs}, d["name"]
+        for key in ((d.get("parameters") or {}).get("config") or {}).get("grid") or {}:
+            sections = [path.split(".")[0] for path in key.split(",")]
+            if len(sections) > 1 and set(sections) & stage_runs:  # a value for several stages at once
+                assert set(sections) == stage_runs, f"{d['name']}: grid key {key} misses a stage"
+
+
 def test_pull_step_resolves_per_worker():
     data = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     assert data["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DIFFLAB_ROOT }}"}}]

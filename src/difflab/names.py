@@ -12,6 +12,15 @@ from __future__ import annotations
 PART_B_STAGES: dict[str, str] = {"denoiser": "denoiser", "time": "time_ddpm", "class": "class_ddpm"}
 """The Part B stages in training order, written once: key (PartBConfig.stages, stages.STAGES) -> the
 stage's MLflow run name and config section."""
+PART_B_STAGE_TITLES: dict[str, str] = {"denoiser": "the single-step denoiser", "time": "the time-conditioned DDPM",
+                                       "class": "the class-conditioned DDPM"}
+"""What each stage is, in a few words, by key: the help of its `difflab train-<run>` command."""
+
+
+def stage_flow(stage_name: str) -> str:
+    """The Prefect flow that trains one stage alone: train_denoiser, train_time_ddpm, ... (its function in
+    flows/part_b.py is <flow>_flow; its CLI command train-denoiser, train-time-ddpm, ...)."""
+    return f"train_{stage_name}"
 PART_B_RUN = "part_b"
 PART_A_RUN = "part_a"
 EVALUATION_RUN = "evaluation"

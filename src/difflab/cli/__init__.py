@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from difflab import names
 from difflab.cli.failures import flow_failed, interrupted, one_line, user_error_types
 from difflab.cli.failures import error as _error
 from difflab.cli.generate import generate_main
@@ -28,13 +29,25 @@ from difflab.cli.report import report_main
 from difflab.cli.repo import ensure_repo_on_path, load
 from difflab.config import deep_merge, parse_overrides
 
+PART_B_CONFIG = "difflab.config:PartBConfig"
+
+
+def stage_command(stage_name: str) -> str:
+    """The command that trains one stage alone: train-denoiser, train-time-ddpm, train-class-ddpm."""
+    return names.stage_flow(stage_name).replace("_", "-")
+
+
+def stage_commands(stages: dict[str, str], titles: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """One command per Part B stage, in the stages' order: its flow (flows/part_b.py's STAGE_FLOWS), the Part B
+    config, its title as help. stages: key -> run name (names.PART_B_STAGES); titles: key -> a few words."""
+    return {stage_command(run): (f"flows.part_b:{names.stage_flow(run)}_flow", PART_B_CONFIG, titles[key])
+            for key, run in stages.items()}
+
+
 # subcommand -> (flow "module:function", config "module:Class", help)
 FLOWS: dict[str, tuple[str, str, str]] = {
-    "part-b": ("flows.part_b:part_b", "difflab.config:PartBConfig", "train, sample and log all of Part B"),
-    "train-denoiser": ("flows.part_b:train_denoiser_flow", "difflab.config:PartBConfig", "the single-step denoiser"),
-    "train-time-ddpm": ("flows.part_b:train_time_ddpm_flow", "difflab.config:PartBConfig", "the time-conditioned DDPM"),
-    "train-class-ddpm": ("flows.part_b:train_class_ddpm_flow", "difflab.config:PartBConfig",
-                         "the class-conditioned DDPM"),
+    "part-b": ("flows.part_b:part_b", PART_B_CONFIG, "train, sample and log all of Part B"),
+    **stage_commands(names.PART_B_STAGES, names.PART_B_STAGE_TITLES),
     "part-a": ("flows.part_a:part_a", "difflab.config:PartAConfig", "Part A sampling and edits"),
     "pipeline": ("flows.pipeline:pipeline", "difflab.config:PipelineConfig", "Part B, then Part A on its model"),
     "compare": ("flows.compare:compare", "difflab.config:CompareConfig", "compare runs side by side"),

@@ -36,6 +36,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 import pandas as pd
 
+import flows  # noqa: F401 - the run-start doctor hook, also when Prefect loads this file by path
 from difflab import compare as report, tracking
 from difflab.config import WIDTH, SweepConfig, deep_merge, nested
 

@@ -27,14 +27,14 @@ from difflab.tracking.models import (MODEL_METADATA_KEY, PYFUNC_LOADER, ModelNot
                                      model_versions_of_run, register_logged_model, set_model_alias,
                                      tag_model_version)
 from difflab.tracking.query import (artifact_paths, artifact_url, child_runs, download, find_cached_run, find_run,
-                                    get_run,
-                                    metric_history, newest_run, run_url, running_runs, search_runs, split_stepped,
-                                    ui_hint)
+                                    get_run, metric_history, newest_run, run_url, running_runs, search_runs,
+                                    split_stepped, ui_hint)
 from difflab.tracking.runs import (end_interrupted_runs, end_run, flow_run, in_flow_run, process_tags, run,
                                    set_run_start_hook, stop_reason)
 from difflab.tracking.store import (DEFAULT_ARTIFACT_DIR, DEFAULT_TRACKING_URI, EXPERIMENT_KIND, HEALTHY_AUTH_CODES,
-                                    UI_MODEL_TRAINING, StoreLocked, configure, current_uri, experiment_id, is_locked_store,
-                                    is_unreachable, locked_store_line, probe, store_holders, tracking_uri)
+                                    UI_MODEL_TRAINING, StoreLocked, configure, current_uri, experiment_id,
+                                    is_locked_store, is_unreachable, locked_store_line, probe, store_holders,
+                                    tracking_uri)
 
 __all__ = [
     "TrackingUnreachable", "CACHE_KEY_TAG", "CHECKPOINT_TAG", "ERROR_TAG", "EXPERIMENT_KIND_TAG", "HOST_TAG",

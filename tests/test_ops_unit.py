@@ -342,6 +342,28 @@ def test_the_flow_start_doctor_crashes_flow_runs_through_the_hook_the_flows_regi
     assert [(d["run_id"], d["flow_run_crashed"]) for d in dead] == [(victim, True)]
 
 
+def test_the_run_start_hook_runs_once_per_new_top_level_run_and_never_fails_it(mlflow_store, monkeypatch):
+    """Only a new top-level run calls the hook (not a nested one, not a resumed one); a hook that raises is
+    housekeeping that failed, not the run."""
+    from difflab import tracking
+    from difflab.tracking import runs as tracking_runs
+
+    calls: list[str] = []
+
+    def broken_doctor(experiment: str) -> None:
+        calls.append(experiment)
+        raise RuntimeError("the doctor fell over")
+
+    monkeypatch.setattr(tracking_runs, "_run_start_hook", broken_doctor)
+    with tracking.run("top", "difflab") as top:
+        with tracking.run("child", "difflab", parent_run_id=top):
+            pass
+    with tracking.run("top", "difflab", run_id=top):
+        pass
+    assert calls == ["difflab"]
+    assert tracking.get_run(top).info.status == "FINISHED"
+
+
 def test_other_hosts_runs_are_left_alone_unless_stale(mlflow_store):
     from mlflow.tracking import MlflowClient
 

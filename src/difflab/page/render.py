@@ -19,6 +19,7 @@ from difflab.page.model import PageConfig, PageImage, RunData, StageData
 from difflab.page.sections import FACTS_ID, PART_A_ORDER, SECTIONS, STAGE_ORDER, STEPPED_LABEL, Fig, Number, Section
 from difflab.page.style import CSS
 
+
 def render(runs: Sequence[RunData], config: PageConfig | None = None, title: str | None = None) -> str:
     """The whole page for one run, or several side by side (one column each)."""
     if not runs:

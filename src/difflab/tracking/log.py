@@ -15,6 +15,7 @@ from difflab.names import REPORT_ARTIFACT
 from difflab.tracking.query import artifact_paths, split_stepped
 from difflab.tracking.store import _BATCH, _PARAM_MAX, _now_ms
 
+
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     rid = run_id or mlflow.active_run().info.run_id
     items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]

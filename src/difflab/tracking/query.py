@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from difflab.names import CACHE_KEY_TAG, REUSED_TAG
 from difflab.tracking.store import UI_MODEL_TRAINING
 
+
 def find_cached_run(experiment: str, cache_key: str) -> str | None:
     """The newest FINISHED run that trained with this cache key and holds its artifacts.
 

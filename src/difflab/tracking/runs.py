@@ -18,6 +18,7 @@ from difflab.names import ERROR_TAG, HOST_TAG, PID_START_TAG, PID_TAG, PREFECT_F
 from difflab.provenance import git_commit
 from difflab.tracking.store import _PARAM_MAX, _fail_fast, experiment_id, is_unreachable
 
+
 @contextlib.contextmanager
 def run(name: str, experiment: str, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
         run_id: str | None = None) -> Iterator[str]:

@@ -28,7 +28,6 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence
 
-from difflab import tracking
 from difflab.names import HOST_TAG, PID_START_TAG, PID_TAG, PREFECT_FLOW_RUN_TAG
 from difflab.procs import alive, hostname
 from ops.supervision import http_json, prefect_healthy
@@ -88,6 +87,8 @@ def dead_run_reason(run, stale_hours: float | None = None, now_ms: int | None = 
 
 def find_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float | None = None) -> list[dict]:
     """RUNNING runs whose process is gone: [{run_id, run_name, experiment_id, reason, flow_run_id}]."""
+    from difflab import tracking  # lazily: `difflab stack` imports this module and needs no MLflow
+
     now = _now_ms()
     found = []
     for r in tracking.running_runs(experiments):
@@ -100,6 +101,8 @@ def find_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float 
 
 def mark_failed(run_id: str, reason: str) -> None:
     """End a run FAILED with the reason in its difflab.error tag; its artifacts (checkpoints) stay."""
+    from difflab import tracking
+
     tracking.end_run(run_id, "FAILED", reason)
 
 
@@ -120,6 +123,8 @@ def reap_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float 
 def reap_quietly(experiment: str) -> None:
     """The run doctor as a new top-level run opens (`tracking.set_run_start_hook`, registered by the `flows`
     package): one cheap query; never lets housekeeping fail the flow."""
+    from difflab import tracking
+
     try:
         # Prefect's side only where an API is at hand: in a flow run, or a server named by PREFECT_API_URL
         # (outside both, Prefect's client would start a temporary server just for this).
@@ -157,6 +162,7 @@ def doctor(tracking_uri: str | None = None, prefect_api_url: str | None = None, 
            stale_hours: float | None = None, dry_run: bool = False,
            out: Callable[[str], None] = print) -> dict[str, list]:
     """Find (and unless dry_run, end) dead runs; returns {"mlflow": [...], "prefect": [...]}."""
+    from difflab import tracking
     from difflab.config import TrackingConfig
 
     tracking.configure(TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None)
@@ -192,6 +198,7 @@ def doctor(tracking_uri: str | None = None, prefect_api_url: str | None = None, 
 def promote(model: str, version: str | None, run_id: str | None, alias: str, tracking_uri: str | None = None,
             out: Callable[[str], None] = print) -> str:
     """Point models:/<model>@<alias> at a version (or at the version a run logged); returns the version."""
+    from difflab import tracking
     from difflab.config import TrackingConfig
 
     tracking.configure(TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None)

@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from difflab import report, tracking
+import flows  # noqa: F401 - the run-start doctor hook, also when Prefect loads this file by path
+from difflab import compare as report, tracking
 from difflab.config import CompareConfig
 from tasks.retry import retry_if_transient
 

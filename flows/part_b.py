@@ -12,6 +12,7 @@ from typing import Iterator
 
 from prefect import flow, get_run_logger
 
+import flows  # noqa: F401 - the run-start doctor hook, also when Prefect loads this file by path
 from difflab import names, tracking
 from difflab.config import PartBConfig, describe_overrides, flatten_params, profile_overrides
 from difflab.stages import STAGES

@@ -9,7 +9,7 @@ from difflab.config import PipelineConfig, flatten_params
 from difflab.stages import STAGES
 from flows.part_a import part_a
 from flows.part_b import part_b, profile_tags
-from tasks.report import log_report
+from tasks.page import log_report
 from tasks.summary import publish_summary
 
 

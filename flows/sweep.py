@@ -36,7 +36,8 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 import pandas as pd
 
-from difflab import report, tracking
+import flows  # noqa: F401 - the run-start doctor hook, also when Prefect loads this file by path
+from difflab import compare as report, tracking
 from difflab.config import WIDTH, SweepConfig, deep_merge, nested
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Mapping
+import time
+from typing import Callable, Mapping, Sequence
 
+from difflab.names import HOST_TAG, PID_START_TAG, PID_TAG, PREFECT_FLOW_RUN_TAG
 from difflab.procs import alive, hostname
 from ops.supervision import http_json, prefect_healthy
 
@@ -42,8 +44,8 @@ def crash_flow_runs(reasons: Mapping[str, str], api: str | None = None) -> list[
     or CANCELLING; returns the ids changed. `api`: the Prefect API URL (None: the one Prefect's settings
     give, e.g. the flow run's own server). Does nothing, quietly, when no Prefect API answers.
 
-    The one place flow runs are crashed: the run doctor below, and (through `tracking.set_flow_run_crasher`,
-    registered by the `flows` package) the doctor that runs whenever a flow opens a new top-level run."""
+    The one place flow runs are crashed: the run doctor, `difflab runs doctor` and (`reap_quietly`, through
+    `tracking.set_run_start_hook`, registered by the `flows` package) whenever a flow opens a new top-level run."""
     changed: list[str] = []
     try:
         from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -61,6 +63,80 @@ def crash_flow_runs(reasons: Mapping[str, str], api: str | None = None) -> list[
     except Exception:  # noqa: BLE001 - Prefect unreachable: the MLflow side is still fixed
         return changed
     return changed
+
+
+def dead_run_reason(run, stale_hours: float | None = None, now_ms: int | None = None) -> str | None:
+    """Why a RUNNING run is dead, or None while its process may still be writing to it.
+
+    On this host: its pid is gone, or runs with another start time (recycled). Another host's
+    runs (and runs without process tags) are left alone, unless `stale_hours` is given and the
+    run started longer ago than that; MLflow keeps no heartbeat, so age is the only evidence."""
+    tags = run.data.tags
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if host == hostname() and pid and pid.isdigit():
+        if not alive(int(pid), tags.get(PID_START_TAG)):
+            return f"process {pid} on {host} that ran it is gone (killed, crashed or the machine restarted)"
+        return None
+    if stale_hours is not None and run.info.start_time:
+        age_h = ((now_ms or _now_ms()) - run.info.start_time) / 3_600_000
+        if age_h > stale_hours:
+            where = f"on {host}" if host else "with no process recorded"
+            return f"still RUNNING {age_h:.1f} h after it started {where} (older than {stale_hours:g} h)"
+    return None
+
+
+def find_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float | None = None) -> list[dict]:
+    """RUNNING runs whose process is gone: [{run_id, run_name, experiment_id, reason, flow_run_id}]."""
+    from difflab import tracking  # lazily: `difflab stack` imports this module and needs no MLflow
+
+    now = _now_ms()
+    found = []
+    for r in tracking.running_runs(experiments):
+        reason = dead_run_reason(r, stale_hours, now)
+        if reason:
+            found.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "experiment_id": r.info.experiment_id,
+                          "reason": reason, "flow_run_id": r.data.tags.get(PREFECT_FLOW_RUN_TAG)})
+    return found
+
+
+def mark_failed(run_id: str, reason: str) -> None:
+    """End a run FAILED with the reason in its difflab.error tag; its artifacts (checkpoints) stay."""
+    from difflab import tracking
+
+    tracking.end_run(run_id, "FAILED", reason)
+
+
+def reap_dead_runs(experiments: Sequence[str] | None = None, stale_hours: float | None = None,
+                   crash: bool = True) -> list[dict]:
+    """Mark dead RUNNING runs FAILED and, with `crash` and where Prefect answers, their flow runs CRASHED."""
+    dead = find_dead_runs(experiments, stale_hours)
+    for d in dead:
+        mark_failed(d["run_id"], d["reason"])
+    flow_runs = {d["flow_run_id"]: d["reason"] for d in dead if d["flow_run_id"]}
+    if crash and flow_runs:
+        crashed = crash_flow_runs(flow_runs)
+        for d in dead:
+            d["flow_run_crashed"] = d["flow_run_id"] in crashed
+    return dead
+
+
+def reap_quietly(experiment: str) -> None:
+    """The run doctor as a new top-level run opens (`tracking.set_run_start_hook`, registered by the `flows`
+    package): one cheap query; never lets housekeeping fail the flow."""
+    from difflab import tracking
+
+    try:
+        # Prefect's side only where an API is at hand: in a flow run, or a server named by PREFECT_API_URL
+        # (outside both, Prefect's client would start a temporary server just for this).
+        prefect = tracking.in_flow_run() or bool(os.environ.get("PREFECT_API_URL"))
+        for d in reap_dead_runs([experiment], crash=prefect):
+            print(f"difflab: marked MLflow run {d['run_id']} ({d['run_name']}) FAILED: {d['reason']}")
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def dead_worker_flow_runs(api: str) -> dict[str, str]:
@@ -92,9 +168,9 @@ def doctor(tracking_uri: str | None = None, prefect_api_url: str | None = None, 
     tracking.configure(TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None)
     api = prefect_api_url if prefect_api_url is not None else os.environ.get("PREFECT_API_URL", "")
     if dry_run:
-        runs = tracking.find_dead_runs(experiments, stale_hours)
+        runs = find_dead_runs(experiments, stale_hours)
     else:
-        runs = tracking.reap_dead_runs(experiments, stale_hours, crash_flow_runs=False)
+        runs = reap_dead_runs(experiments, stale_hours, crash=False)
     verb = "would mark" if dry_run else "marked"
     for r in runs:
         out(f"MLflow run {r['run_id']} ({r['run_name']}): {verb} FAILED: {r['reason']}")

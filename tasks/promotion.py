@@ -14,12 +14,11 @@ from prefect.cache_policies import NO_CACHE
 
 from difflab import tracking
 from difflab.config import PartBConfig, TrackingConfig
+from difflab.names import PROMOTION_TAG
 from difflab.stages import STAGES
 from tasks.refs import StageRef
 from tasks.retry import retry_if_transient
 
-PROMOTION_TAG = "difflab.promotion"
-"""On the Part B parent run: whether and why its models became the champion."""
 GATED_STAGE = "class"
 """The stage whose final logged model the gate reads (its linked class_agreement / class_frechet)."""
 

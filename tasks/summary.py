@@ -13,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from difflab import tracking
 
-from tasks.report import REPORT_URL_TAG  # set by log_report: the summary links the page beside the run
+from difflab.names import REPORT_URL_TAG  # set by log_report: the summary links the page beside the run
 SUMMARY_TAGS = ("profile", "backend", "device", "difflab.promotion")
 MAX_ROWS = 40
 """Headline numbers only: a run with more metrics (per-digit agreement...) keeps the rest in MLflow."""

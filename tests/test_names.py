@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from difflab import names, report_page
+from difflab import names
+from difflab import page as report_page
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_part_a_sections_log_the_images_named_for_them(logged_images):
 
 def test_the_stage_order_is_written_once_and_every_list_follows_it():
     from difflab.config import PART_A_SECTIONS, PartBConfig
-    from difflab.report import ReportConfig
+    from difflab.compare import ReportConfig
     from difflab.stages import STAGES
     from tasks.edits import SECTIONS
 

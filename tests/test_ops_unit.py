@@ -325,7 +325,9 @@ def _killed_run() -> str:
 
 
 def test_a_killed_run_is_failed_when_the_next_flow_run_starts(mlflow_store):
+    import flows  # noqa: F401 - registers the run doctor (ops/runs.py) as the run-start hook
     from difflab import tracking
+    from ops.runs import find_dead_runs
 
     victim = _killed_run()
     assert tracking.get_run(victim).info.status == "RUNNING"
@@ -335,40 +337,64 @@ def test_a_killed_run_is_failed_when_the_next_flow_run_starts(mlflow_store):
         run = tracking.get_run(victim)
         assert run.info.status == "FAILED"
         assert "is gone" in run.data.tags[tracking.ERROR_TAG]
-        assert tracking.find_dead_runs() == []  # this live process's own run is not touched
+        assert find_dead_runs() == []  # this live process's own run is not touched
     assert tracking.get_run(alive_run).info.status == "FINISHED"
 
 
 def test_the_flow_start_doctor_crashes_flow_runs_through_the_hook_the_flows_register(mlflow_store, monkeypatch):
-    """The library crashes Prefect flow runs only through `tracking.set_flow_run_crasher`; the flows package
-    hands it ops/runs.py's one implementation."""
+    """The library runs the doctor (and so crashes Prefect flow runs) only through `tracking.set_run_start_hook`;
+    the flows package hands it ops/runs.py's one implementation, which crashes through `crash_flow_runs`."""
     from mlflow.tracking import MlflowClient
 
     import flows  # noqa: F401 - registers the hook
+    import ops.runs
     from difflab import tracking
-    from ops.runs import crash_flow_runs
+    from difflab.tracking import runs as tracking_runs
 
-    assert tracking._flow_run_crasher is crash_flow_runs
+    assert tracking_runs._run_start_hook is ops.runs.reap_quietly
     seen: dict[str, str] = {}
-    monkeypatch.setattr(tracking, "_flow_run_crasher", lambda reasons: seen.update(reasons) or list(reasons))
+    monkeypatch.setattr(ops.runs, "crash_flow_runs", lambda reasons: seen.update(reasons) or list(reasons))
     victim = _killed_run()
     MlflowClient().set_tag(victim, tracking.PREFECT_FLOW_RUN_TAG, "flow-run-1")
-    dead = tracking.reap_dead_runs()
+    dead = ops.runs.reap_dead_runs()
     assert list(seen) == ["flow-run-1"] and "is gone" in seen["flow-run-1"]
     assert [(d["run_id"], d["flow_run_crashed"]) for d in dead] == [(victim, True)]
+
+
+def test_the_run_start_hook_runs_once_per_new_top_level_run_and_never_fails_it(mlflow_store, monkeypatch):
+    """Only a new top-level run calls the hook (not a nested one, not a resumed one); a hook that raises is
+    housekeeping that failed, not the run."""
+    from difflab import tracking
+    from difflab.tracking import runs as tracking_runs
+
+    calls: list[str] = []
+
+    def broken_doctor(experiment: str) -> None:
+        calls.append(experiment)
+        raise RuntimeError("the doctor fell over")
+
+    monkeypatch.setattr(tracking_runs, "_run_start_hook", broken_doctor)
+    with tracking.run("top", "difflab") as top:
+        with tracking.run("child", "difflab", parent_run_id=top):
+            pass
+    with tracking.run("top", "difflab", run_id=top):
+        pass
+    assert calls == ["difflab"]
+    assert tracking.get_run(top).info.status == "FINISHED"
 
 
 def test_other_hosts_runs_are_left_alone_unless_stale(mlflow_store):
     from mlflow.tracking import MlflowClient
 
     from difflab import tracking
+    from ops.runs import find_dead_runs
 
     tracking.configure()
     exp = tracking.experiment_id("difflab")
     other = MlflowClient().create_run(exp, run_name="elsewhere", tags={
         tracking.HOST_TAG: "another-machine", tracking.PID_TAG: "1", tracking.PID_START_TAG: "1"}).info.run_id
-    assert tracking.find_dead_runs() == []
-    found = tracking.find_dead_runs(stale_hours=0.0)
+    assert find_dead_runs() == []
+    found = find_dead_runs(stale_hours=0.0)
     assert [d["run_id"] for d in found] == [other] and "another-machine" in found[0]["reason"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import browser
-from difflab import report_page
+from difflab import page as report_page
 
 TINY_A = {"num_inference_steps": [5, 10], "sdedit_i_starts": [1, 3, 5], "i_start": 5, "num_samples": 2}
 TINY_B = {"profile": "tiny", "data": {"max_train": 96}}
@@ -210,7 +210,7 @@ def test_mlflow_chart_view_image_grid_shows_the_pipelines_stepped_samples(pipeli
     assert run.data.params["part_b.class_ddpm.guidance"] == "5.0" and run.data.params["part_b.profile"] == "tiny"
     assert run.data.params["part_a.i_start"] == "5" and "profile" not in run.data.params
     assert run.data.tags["mlflow.loggedImages"] == "True"
-    stepped = sorted(tracking._split_stepped(Path(p).stem) for p in tracking.artifact_paths(run_id, "images")
+    stepped = sorted(tracking.split_stepped(Path(p).stem) for p in tracking.artifact_paths(run_id, "images")
                      if p.endswith(".png"))
     assert stepped == sorted((k, e) for k in IMAGE_GRID_KEYS for e in (1, 2)), stepped
 

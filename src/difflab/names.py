@@ -1,9 +1,10 @@
 """Every image, metric and artifact name a run logs and the report page reads, written once.
 
-Writers (`stages`, `tasks/`) log under these names; readers (`report_page`) look them up here, so
+Writers (`stages`, `tasks/`) log under these names; readers (`page`) look them up here, so
 renaming an image is one edit and `tests/test_names.py` fails when the page reads a name no stage
 logs. Images are MLflow image keys: images/<name>.png, or a stepped image (step = epoch).
-Run tags stay beside the code that sets them (`tracking`: STAGE_TAG, REUSED_TAG, ...).
+Run tags too: every `*_TAG` below is set by one writer (`tracking`, `tasks/`) and read by others (the
+run doctor in `ops/runs.py`, the page's gathering, the summaries) from here.
 """
 
 from __future__ import annotations
@@ -118,6 +119,32 @@ SAMPLES_DIR = "samples"
 SAMPLES_FILE = "samples.pt"
 JUDGE_DIR = "judge"
 HEADLINE_FILE = "headline.json"
+
+REPORT_ARTIFACT = "report/report.html"
+"""The write-up page on a flow's run (`tracking.log_report_page`; the MLflow UI opens it under Artifacts)."""
+
+# ----------------------------------------------------------------- tags (on runs, logged models, experiments)
+CACHE_KEY_TAG = "difflab.cache_key"
+"""A stage run's reuse key (`provenance.cache_key`): a later run with the same key reuses it."""
+STAGE_TAG = "difflab.stage"
+REUSED_TAG = "difflab.reused_from"
+"""On a `<stage> (reused)` run: the id of the run whose artifacts it reuses."""
+ERROR_TAG = "difflab.error"
+"""Why a run ended FAILED or KILLED, in words."""
+HOST_TAG = "difflab.host"
+PID_TAG = "difflab.pid"
+PID_START_TAG = "difflab.pid_start"
+"""Which process opened a run: the run doctor marks RUNNING runs FAILED once that process is gone."""
+PREFECT_FLOW_RUN_TAG = "prefect.flow_run_id"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CHECKPOINT_TAG = "difflab.checkpoint"
+"""On a logged model: `final`, or `epoch_0005` for a snapshot epoch's checkpoint."""
+REPORT_URL_TAG = "difflab.report_url"
+"""On the run: where the MLflow UI shows its page (the Prefect summary links it)."""
+PROMOTION_TAG = "difflab.promotion"
+"""On the Part B parent run: whether and why its models became the champion."""
+RUN_NAME_TAG = "tags.mlflow.runName"
+"""MLflow's run name as a `search_runs` column (the comparison's row label)."""
 
 # ----------------------------------------------------------------- what each run logs (the page's contract)
 OPTIONAL_IMAGES = frozenset({DENOISE_RESTORING})

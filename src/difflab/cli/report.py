@@ -28,7 +28,7 @@ def report_main(argv: list[str]) -> int:
     from difflab.config import TrackingConfig
 
     ensure_repo_on_path()
-    from tasks.report import write_report
+    from tasks.page import write_report
 
     cfg = TrackingConfig(experiment=args.experiment, tracking_uri=args.tracking_uri)
     uri = tracking.tracking_uri(cfg)

@@ -1,8 +1,8 @@
-"""Run comparison reports from the DataFrame `mlflow.search_runs` returns, in pandas and
+"""Run comparison (`difflab compare`, the sweep's table): reports from the DataFrame `mlflow.search_runs` returns, in pandas and
 matplotlib only: a table of what differs between runs and how they scored, as Markdown and
 CSV, and plots of overlaid loss curves and metric bars.
 
-Fetching the runs is tracking.py's job; this module never talks to MLflow, so it is tested
+Fetching the runs is `difflab.tracking`'s job; this module never talks to MLflow, so it is tested
 on hand-made frames.
 """
 
@@ -18,11 +18,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from difflab import names, viz
+from difflab.names import RUN_NAME_TAG
 from difflab.viz import figure_to_image
 
 PARAM_PREFIX = "params."
 METRIC_PREFIX = "metrics."
-RUN_NAME_TAG = "tags.mlflow.runName"
 
 Curves = Mapping[str, Mapping[str, Sequence[tuple[float, float]]]]
 """label (a run) -> metric key -> [(step, value), ...], as MLflow's metric history gives them."""

@@ -8,8 +8,9 @@ import re
 import pytest
 from PIL import Image
 
-from difflab import report_page
-from difflab.report_page import PageImage, RunData, StageData
+from difflab import page as report_page
+from difflab.page import PageImage, RunData, StageData
+from difflab.page.gather import gather_run
 
 
 def png(width: int, height: int, shade: int = 128) -> bytes:
@@ -136,7 +137,7 @@ def test_gathering_a_reused_stage_shows_the_original_runs_images(mlflow_store):
     client.create_run(exp, run_name="denoiser (reused)", tags={tracking.STAGE_TAG: "denoiser",
                                                                tracking.REUSED_TAG: original,
                                                                "mlflow.parentRunId": second})
-    data = tracking.report_data(second)
+    data = gather_run(second)
     st = data.stages["denoiser"]
     assert st.reused_from == original and st.metrics["final_loss"] == 0.5
     assert sorted((i.name, i.step, i.width) for i in st.images) == [("denoised_test", 5, 30), ("loss_curve", None, 12)]
@@ -144,9 +145,9 @@ def test_gathering_a_reused_stage_shows_the_original_runs_images(mlflow_store):
     assert page.count("<img ") == 2 and "reused" in page
 
     with pytest.raises(ValueError, match="give a pipeline, part_b or part_a run"):
-        tracking.report_data(original)
+        gather_run(original)
     with pytest.raises(ValueError, match="not found"):
-        tracking.report_data("0" * 32)
+        gather_run("0" * 32)
 
 
 def test_report_without_a_store_says_where_to_run_it_and_creates_nothing(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from difflab.report import comparison_table, metric_bars, overlay_curves, to_markdown, write_csv, write_report
+from difflab.compare import comparison_table, metric_bars, overlay_curves, to_markdown, write_csv, write_report
 
 MIN_PLOT_SIDE = 200
 
@@ -133,7 +133,7 @@ def test_same_named_runs_get_distinct_labels_and_metrics_follow_the_stages():
 
 
 def test_metric_bars_are_a_grid_not_one_row():
-    from difflab.report import ReportConfig
+    from difflab.compare import ReportConfig
 
     cfg = ReportConfig(bar_columns=4)
     image = metric_bars(comparison_table(_same_named_runs(9)), cfg=cfg)
@@ -143,7 +143,7 @@ def test_metric_bars_are_a_grid_not_one_row():
 
 
 def test_failed_runs_are_dropped_from_a_comparison():
-    from difflab.report import drop_failed
+    from difflab.compare import drop_failed
 
     kept, dropped = drop_failed(_same_named_runs())
     assert dropped == ["bbbbbbbb22"] and kept["run_id"].tolist() == ["aaaaaaaa11", "cccccccc33"]

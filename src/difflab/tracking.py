@@ -967,6 +967,23 @@ def copy_stepped_images(sources: Mapping[str, str], to_run_id: str) -> int:
     return count
 
 
+def save_training_view(run_id: str) -> str:
+    """Write (or refresh) the experiment's saved view of the training snapshots (`difflab.ui_views`): the runs
+    page's Views menu lists it, its image grids open on the last epoch this top-level run carries of each stage;
+    returns the address that opens it in the chart view."""
+    from difflab import ui_views
+
+    steps: dict[str, int] = {}
+    for path in artifact_paths(run_id, "images"):
+        key, step = _split_stepped(Path(path).stem.removesuffix("+compressed"))
+        if step is not None:
+            steps[key] = max(step, steps.get(key, step))
+    exp_id = get_run(run_id).info.experiment_id
+    MlflowClient().set_experiment_tag(exp_id, *ui_views.saved_view_tag(ui_views.training_view_state(steps), _now_ms()))
+    uri = mlflow.get_tracking_uri()
+    return ui_views.view_url(uri if uri.startswith("http") else "http://127.0.0.1:5000", exp_id, UI_MODEL_TRAINING)
+
+
 def _seconds(info) -> float | None:
     if not info.start_time:
         return None

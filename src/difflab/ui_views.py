@@ -33,6 +33,9 @@ IMAGES_SECTION = "difflab-snapshot-images"
 IMAGES_SECTION_NAME = "Training snapshots (step = epoch; drag Step to scrub)"
 NO_STEP = 0
 """A grid's step when the run that wrote the view has no such image (the stage was off): no epoch is 0."""
+CARD_HEIGHT_PX = 640
+"""The image cards' height (the UI's default, 360 px, leaves a sample grid a thumbnail); three to a row."""
+CARDS_PER_ROW = 3
 ROWS_IN_VIEW = "FIRST_10_RUNS"
 """The UI's own default: the 10 newest top-level runs get a column in each image grid."""
 
@@ -51,16 +54,17 @@ def training_image_keys() -> list[str]:
 
 
 def training_view_state(steps: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The runs page state of the training view: one Image grid card per stage, in a section of their own;
+    """The runs page state of the training view: one Image grid card per stage, in a section of their own
+    (without each run's params under its name: a pipeline run has some 200, which push the image out of the card);
     search, sort and visibility are the UI's defaults (newest first, first 10 rows), so the newest `make run`s
     are in view. steps: image key -> the epoch its grid opens on (the UI shows "No image logged at this step"
     for an epoch a run has no image at, so give one the newest run has: its last snapshot)."""
     steps = steps or {}
     charts = [{"uuid": f"difflab-image-{key}", "type": "IMAGE", "imageKeys": [key], "step": int(steps.get(key, NO_STEP)),
-               "showRunParams": True, "isGenerated": False, "deleted": False, "metricSectionId": IMAGES_SECTION,
+               "showRunParams": False, "isGenerated": False, "deleted": False, "metricSectionId": IMAGES_SECTION,
                "displayName": key} for key in training_image_keys()]
     sections = [{"uuid": IMAGES_SECTION, "name": IMAGES_SECTION_NAME, "display": True, "isReordered": False,
-                 "deleted": False, "isGenerated": False}]
+                 "deleted": False, "isGenerated": False, "cardHeight": CARD_HEIGHT_PX, "columns": CARDS_PER_ROW}]
     return {"searchFilter": "", "runsHiddenMode": ROWS_IN_VIEW, "compareRunCharts": charts,
             "compareRunSections": sections, "isAccordionReordered": False, "hideEmptyCharts": False}
 

@@ -143,3 +143,102 @@ def test_a_newer_run_refreshes_the_one_view(mlflow_store):
     assert set(tops) <= set(charted_run_ids(exp))
     with pytest.raises(AssertionError):  # no time_ddpm stage here: its grid has no image to open on
         check_training_view(tops[-1])
+
+
+# ----------------------------------------------------------------- seen in the UI: a real server, headless Chromium
+
+SERVER_START_S = 180.0
+GRID_IMAGES_JS = """(() => {
+  const imgs = [...document.images].filter(i => i.src.includes('get-artifact'));
+  const loaded = imgs.filter(i => i.complete && i.naturalWidth > 0).map(i => decodeURIComponent(i.src));
+  const text = document.body ? document.body.innerText : '';
+  return {ready: loaded.length >= %d, loaded: loaded, view: text.includes(%s), text: text.slice(0, 2000)};
+})()"""
+
+
+@pytest.fixture(scope="module")
+def two_runs_store(tmp_path_factory):
+    """Two pipeline-shaped top-level runs (each with 10 Part A children started after its stages), the view
+    written by the newer one."""
+    folder = tmp_path_factory.mktemp("training-view")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tops = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        tracking.configure()
+        for _ in range(2):
+            with tracking.run("pipeline-tiny", "difflab", tags={"flow": "pipeline"}) as top:
+                stages = {name: _stage_run(name, key, [1, 2], top) for name, key in ui_views.STEPPED_IMAGES.items()}
+                for i in range(10):
+                    with tracking.run(f"part_a/section{i}", "difflab", parent_run_id=top):
+                        pass
+                tracking.copy_stepped_images(stages, top)
+                tracking.save_training_view(top)
+            tops.append(top)
+        yield {"folder": folder, "uri": uri, "tops": tops, "exp": tracking.get_run(top).info.experiment_id}
+
+
+@pytest.fixture(scope="module")
+def ui_server(two_runs_store):
+    import contextlib
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from ops.stack import free_port
+
+    port, folder = free_port(), two_runs_store["folder"]
+    log = open(folder / "mlflow-server.log", "wb")
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", two_runs_store["uri"], "--workers", "1"],
+                            cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start (exit {proc.poll()}); see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_the_view_shows_each_stage_snapshot_of_both_runs(two_runs_store, ui_server, tmp_path):
+    """Opened from its address in a fresh browser: an Image grid per stage with a column per run, at the last
+    epoch, although each run's twelve nested runs came after its stages."""
+    import browser
+
+    try:
+        exe = browser.find_or_install()
+    except browser.BrowserUnavailable as exc:
+        pytest.skip(f"no headless Chromium here: {exc}")
+    url = ui_views.view_url(ui_server, two_runs_store["exp"], tracking.UI_MODEL_TRAINING)
+    want = len(ui_views.STEPPED_IMAGES) * len(two_runs_store["tops"])
+    with browser.chromium(exe, width=1600, height=1200) as page:
+        page.goto(url)
+        state = page.wait_for(GRID_IMAGES_JS % (want, json.dumps(ui_views.TRAINING_VIEW_NAME)), timeout=90)
+        shot = page.screenshot(browser.screenshot_dir(tmp_path) / "training-view.png", full_page=False)
+    assert state and state["view"], f"the view did not open: {state and state['text']}"
+    shown = {(key, top) for key in ui_views.training_image_keys() for top in two_runs_store["tops"]
+             if any(f"images/{key}+step+2+" in src and f"run_uuid={top}" in src for src in state["loaded"])}
+    assert len(shown) == want, f"grids show {sorted(shown)} of {want}: {state['loaded']}"
+    assert shot.stat().st_size > 10_000

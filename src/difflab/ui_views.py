@@ -60,9 +60,9 @@ def training_view_state(steps: Mapping[str, int] | None = None) -> dict[str, Any
     are in view. steps: image key -> the epoch its grid opens on (the UI shows "No image logged at this step"
     for an epoch a run has no image at, so give one the newest run has: its last snapshot)."""
     steps = steps or {}
-    charts = [{"uuid": f"difflab-image-{key}", "type": "IMAGE", "imageKeys": [key], "step": int(steps.get(key, NO_STEP)),
-               "showRunParams": False, "isGenerated": False, "deleted": False, "metricSectionId": IMAGES_SECTION,
-               "displayName": key} for key in training_image_keys()]
+    charts = [{"uuid": f"difflab-image-{key}", "type": "IMAGE", "imageKeys": [key],
+               "step": int(steps.get(key, NO_STEP)), "showRunParams": False, "isGenerated": False, "deleted": False,
+               "metricSectionId": IMAGES_SECTION, "displayName": key} for key in training_image_keys()]
     sections = [{"uuid": IMAGES_SECTION, "name": IMAGES_SECTION_NAME, "display": True, "isReordered": False,
                  "deleted": False, "isGenerated": False, "cardHeight": CARD_HEIGHT_PX, "columns": CARDS_PER_ROW}]
     return {"searchFilter": "", "runsHiddenMode": ROWS_IN_VIEW, "compareRunCharts": charts,

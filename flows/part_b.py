@@ -43,6 +43,8 @@ def part_b(config: PartBConfig | None = None, parent_run_id: str | None = None) 
             tracking.log_metrics({f"eval.{k}": v for k, v in quality.items()}, run_id=run_id)
         if parent_run_id is None:  # the top-level run: its row is the one the MLflow chart view shows
             tracking.copy_stepped_images({STAGES[s].name: r.run_id for s, r in refs.items()}, run_id)
+            if view := tracking.save_training_view(run_id):
+                print(f"Training snapshots side by side (MLflow UI, Views menu): {view}")
     promote_models(config, run_id, refs, quality)  # the champion alias moves only past the quality gate
     publish_summary("part_b", run_id)  # Prefect artifacts: MLflow link, headline numbers
     get_run_logger().info("Part B done: MLflow run %s — %s", run_id, tracking.ui_hint())

@@ -26,6 +26,8 @@ def pipeline(config: PipelineConfig | None = None) -> dict:
         tracking.log_metrics(b["headline"], run_id=run)  # so the runs table compares `make run`s unexpanded
         # ... and the chart view's image charts show their stepped samples (the stage runs are folded under it)
         tracking.copy_stepped_images({STAGES[k].name: ref["run_id"] for k, ref in b["stages"].items()}, run)
+        if view := tracking.save_training_view(run):
+            print(f"Training snapshots side by side (MLflow UI, Views menu): {view}")
         result = {"run_id": run, "part_b": b}
         editable = [ref for key, ref in b["stages"].items() if STAGES[key].edits_backend]
         if config.run_part_a and editable:

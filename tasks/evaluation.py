@@ -65,14 +65,17 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
         started = time.perf_counter()
         with Ticker("evaluation: the judge (trained once per data set, then cached)", 0.0, logger.info):
             judge, acc, cached, judge_path = get_judge(cfg, data, mnist)
-        tracking.log_params({**{f"judge.{k}": v for k, v in ev.judge.model_dump().items()},
-                             "num_samples": ev.num_samples, "judge.cached": cached, **eplan.params()})
+        tracking.log_params({**{f"judge.{k}": v for k, v in ev.judge.model_dump().items()}, "judge.cached": cached})
         acc_noisy = judge_accuracy_corrupted(judge, mnist.test_images, mnist.test_labels)
         tracking.log_metrics({names.JUDGE_HELDOUT_ACCURACY: acc, names.JUDGE_HELDOUT_ACCURACY_NOISY: acc_noisy})
         tracking.log_file(judge_path, names.JUDGE_DIR)
         headline = {"judge_accuracy": acc, "judge_accuracy_noisy": acc_noisy}
-        for key, ref in refs.items():
+        sampling_planned = False
+        for key, ref in sorted(refs.items(), key=lambda kv: stages.STAGES[kv[0]].generative):
             st = stages.STAGES[key]
+            if st.generative and not sampling_planned:  # what is left of the budget, after the stages and the judge
+                eplan, ev = _replan(cfg, eplan, parent_run_id, logger)
+                sampling_planned = True
             estimate = ev.num_samples * eplan.seconds_per_sample.get(st.name, 0.0)
             with Ticker(f"evaluation of {st.name}" + (f" ({ev.num_samples} samples)" if st.generative else ""),
                         estimate, logger.info):
@@ -86,7 +89,21 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
                 tracking.log_dict(table, name)
             for name, image in result.figures.items():
                 tracking.log_image(image, name)
+        if not sampling_planned:
+            tracking.log_params({"num_samples": ev.num_samples, **eplan.params()})
         tracking.log_metrics({names.EVAL_SECONDS: time.perf_counter() - started})
         tracking.log_text(json.dumps(headline, indent=2), names.HEADLINE_FILE)
     get_run_logger().info("evaluation: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
     return headline
+
+
+def _replan(cfg: PartBConfig, eplan: planning.EvalPlan, parent_run_id: str, logger):
+    """The samples re-planned from the budget left since the Part B run started (planning.fit_time_left);
+    logs `num_samples` and `plan.*` (the final number), returns (plan, evaluation config)."""
+    start_ms = tracking.get_run(parent_run_id).info.start_time
+    elapsed = max(0.0, time.time() - start_ms / 1000) if start_ms else 0.0
+    replanned = planning.fit_time_left(cfg, eplan, elapsed)
+    if replanned is not eplan:
+        logger.info(replanned.announce())
+    tracking.log_params({"num_samples": replanned.num_samples, **replanned.params()})
+    return replanned, cfg.evaluation.model_copy(update={"num_samples": replanned.num_samples})

@@ -248,6 +248,23 @@ def test_evaluation_samples_planned_to_the_budget(monkeypatch, tmp_path):
     assert planning.plan_evaluation(fixed, plans).num_samples == 70  # an explicit num_samples is kept
 
 
+def test_evaluation_replanned_from_the_time_left():
+    """Stages that overran their shares leave the evaluation less: it draws what fits the rest of the budget
+    (issue 17: run 2 ended 47 s over budget, the evaluation alone 29 s over its share)."""
+    budget = {"judge_share": 0.1, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
+    cfg = _small_cfg(budget_minutes=10, budget=budget, evaluation={"min_samples": 20})  # 600 s, evaluation 120 s
+    start = planning.EvalPlan(200, "budget", 120.0, {"time_ddpm": 0.2, "class_ddpm": 0.3}, 100.0)
+    # on time: 480 s used, 600 - 480 - 12 kept back = 108 s at 0.5 s per sample -> 216, capped at the 200 planned
+    assert planning.fit_time_left(cfg, start, 480.0).num_samples == 200
+    late = planning.fit_time_left(cfg, start, 540.0)  # 60 s late: 48 s left -> 96 -> 90 (a multiple of 10)
+    assert late.num_samples == 90 and late.estimate_s == pytest.approx(45.0)
+    assert late.params()["plan.num_samples"] == 90 and late.params()["plan.num_samples_at_start"] == 200
+    assert "90 samples per DDPM (planned 200 at start)" in late.announce()
+    assert planning.fit_time_left(cfg, start, 700.0).num_samples == 20  # over budget already: the floor
+    fixed = planning.EvalPlan(70, "config", None, {"time_ddpm": 0.2}, 14.0)
+    assert planning.fit_time_left(cfg, fixed, 700.0) is fixed  # an explicit num_samples is kept
+
+
 # -- config: explicit epochs pin, dumped configs round-trip ----------------------------------------------------
 def test_explicit_epochs_pin_and_profile_epochs_are_planned():
     quick = PartBConfig(profile="quick")

@@ -161,3 +161,17 @@ def test_gpu_check_runs_at_tiny_size(tmp_path):
     assert (tmp_path / "gpu_check.md").read_text().count("|") > 10
     assert json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
     assert len(list((tmp_path / "part_b").glob("*.png"))) >= 10 and (tmp_path / "class_ddpm_final_samples.png").is_file()
+
+
+def test_bench_ratio_pairs_rounds_so_drift_cancels():
+    """bench/speed.py's ratio: the median of per-round ratios. A machine that slows down between rounds (here
+    to half speed in round 2) leaves a variant that is always 4 % slower than plain at 0.96x, where a ratio
+    of the two medians would read it by which rounds the medians fall in."""
+    spec = importlib.util.spec_from_file_location("speed", REPO / "bench" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    plain = [100.0, 50.0, 100.0, 50.0]
+    variant = [p * 0.96 for p in [50.0, 100.0, 50.0, 100.0]]  # rounds in the other order: the medians tie
+    assert speed.paired_ratio([p * 0.96 for p in plain], plain) == pytest.approx(0.96)
+    assert speed.paired_ratio(variant, plain) != pytest.approx(0.96)  # unpaired rounds are not cancelled
+    assert speed.paired_ratio(plain, plain) == 1.0

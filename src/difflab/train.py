@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from difflab import fastpath
-from difflab.config import COURSE_TRAIN_IMAGES, FastPath
+from difflab.config import FastPath
+from difflab.spec import COURSE_TRAIN_IMAGES
 from difflab.files import CorruptFileError, atomic_torch_save, set_aside, torch_load
 from difflab.unet import build_model
 

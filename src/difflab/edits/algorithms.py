@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA, PART_A_SEED
+from difflab.spec import HYBRID_KERNEL_SIZE, HYBRID_SIGMA, PART_A_SEED
 from difflab.ddpm import AfterStep, DDPMSchedule, add_noise, denoise, predict_x0
 from difflab.edits.backend import Backend, num_timesteps
 from difflab.edits.guidance import (EstimateFn, anagram_estimate, conditional, get_view, guided,

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA
+from difflab.spec import HYBRID_KERNEL_SIZE, HYBRID_SIGMA
 from difflab.ddpm import cfg
 from difflab.edits.backend import Backend, NoiseEstimate
 

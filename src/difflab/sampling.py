@@ -15,7 +15,7 @@ from torch import nn
 
 from difflab import fastpath
 from difflab.config import FastPath
-from difflab.ddpm import DDPMSchedule, cfg_eps_fn, kept_timesteps, sample, time_eps_fn
+from difflab.ddpm import DDPMSchedule, guided_eps_fn, kept_timesteps, sample, time_eps_fn
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
 
 DATA_RANGE = (0.0, 1.0)
@@ -64,7 +64,7 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
         if labels is None:
             eps_fn = time_eps_fn(net, schedule)
         else:
-            eps_fn = cfg_eps_fn(net, schedule, labels.to(device), guidance)
+            eps_fn = guided_eps_fn(net, schedule, labels.to(device), guidance)
         if levers.sample_channels_last:
             plain_eps = eps_fn
             eps_fn = lambda x, t: plain_eps(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731

@@ -5,7 +5,7 @@
 The served-model test must show real, readable digits, which a tiny smoke model does not draw, and training a
 readable one inside the test costs minutes of CPU. So it is trained once, here, with the project's own code on
 the bundled digits (the quick profile's class DDPM settings, D=16, fewer epochs) and stored in fp16 (it loads
-back as fp32): class_ddpm.pt (train.save_checkpoint format) and judge.pt (metrics.save_judge format), with
+back as fp32): class_ddpm.pt (train.save_checkpoint format) and judge.pt (judge.save_judge format), with
 fixture.json saying how they were made and how well the judge reads the model's digits.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from difflab.config import JudgeConfig, PartBConfig
 from difflab.data import load_mnist, to_float
-from difflab.metrics import judge_accuracy, judge_predict, save_judge, train_judge
+from difflab.judge import judge_accuracy, judge_predict, save_judge, train_judge
 from difflab.sampling import digit_labels, draw
 from difflab.stages import STAGES
 from difflab.train import fit, plan_training, save_checkpoint

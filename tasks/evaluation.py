@@ -19,7 +19,7 @@ from difflab import names, planning, stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
 from difflab.files import CorruptFileError, set_aside
-from difflab.metrics import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
+from difflab.judge import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
 from difflab.train import pick_device
 from tasks.progress import Ticker
 from tasks.refs import DataRef, StageRef

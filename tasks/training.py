@@ -191,7 +191,7 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
         try:
             result = fit(st.model_kind, {"hidden": scfg.hidden}, st.loss(scfg, schedule), x_train, y_train, plan,
                          scfg.lr, scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, st.checkpoint_extra(scfg),
-                         fast=scfg.fast, ema_decay=scfg.ema_decay)
+                         fast=scfg.fast.speed(), ema_decay=scfg.ema_decay)
         finally:
             progress.close()
         seconds = time.perf_counter() - started

@@ -12,7 +12,7 @@ import torch
 from difflab import files
 from difflab.config import JudgeConfig
 from difflab.files import CorruptFileError, DiskFullError
-from difflab.metrics import Judge, load_judge, save_judge
+from difflab.judge import Judge, load_judge, save_judge
 from difflab.train import fit, load_model, plan_training, save_checkpoint
 from difflab.unet import build_model
 

@@ -3,7 +3,8 @@
 Every import counts, also one inside a function: a lazy import is still an arrow.
 Rules (docs/architecture.md): no cycles; the library (src/difflab) never imports flows, tasks or ops,
 except the CLI that starts them; nothing imports the CLI; only `tracking` and the CLI import MLflow or
-Prefect in the library; `errors` is below `tracking`; ops/runs.py and ops/stack.py do not import each other.
+Prefect in the library; `errors` is below `tracking`; ops/runs.py and ops/stack.py do not import each other;
+the math modules never reach the typed config or pydantic, not even through another module.
 """
 
 from __future__ import annotations
@@ -136,3 +137,45 @@ def test_a_flow_file_run_as_a_script_is_the_cli_command():
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["profile"] == "tiny"  # `difflab part-b`'s own option, parsed by the CLI
+
+
+MATH_MODULES = ("difflab.unet", "difflab.ddpm", "difflab.sampling", "difflab.train", "difflab.fastpath",
+                "difflab.metrics", "difflab.judge", "difflab.spec", "difflab.edits")
+"""Plain PyTorch taking plain dataclasses (fastpath.Speed, judge.JudgeSettings); the pydantic config is
+converted at the edges (stages, planning, tasks). edits/* is every module under difflab.edits."""
+
+
+def _reachable(module: str) -> dict[str, str]:
+    """Every project module reachable from `module`, each with the module that imports it (for the message)."""
+    seen, todo = {module: ""}, [module]
+    while todo:
+        m = todo.pop()
+        for t in EDGES.get(m, ()):
+            if t not in seen:
+                seen[t] = m
+                todo.append(t)
+    return seen
+
+
+def _path_to(seen: dict[str, str], target: str) -> str:
+    chain = [target]
+    while seen[chain[-1]]:
+        chain.append(seen[chain[-1]])
+    return " -> ".join(reversed(chain))
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(MATH_MODULES)))
+def test_the_math_modules_never_reach_the_config_or_pydantic(module):
+    seen = _reachable(module)
+    config = sorted(m for m in seen if m == "difflab.config" or m.startswith("difflab.config."))
+    assert not config, f"{module} reaches the typed config: {_path_to(seen, config[0])}"
+    pydantic = sorted(m for m in seen if any(n.split(".")[0] == "pydantic" for n in IMPORTS[m]))
+    assert not pydantic, f"{module} reaches pydantic: {_path_to(seen, pydantic[0])} imports pydantic"
+
+
+def test_the_math_rule_sees_a_config_import():
+    """The rule above would catch a math module importing the config through another module."""
+    seen = _reachable("difflab.stages")
+    assert "difflab.config" in seen and any(m.startswith("difflab.config.") for m in seen)
+    assert {m for m in MODULES if m.startswith(MATH_MODULES)} >= {"difflab.ddpm", "difflab.edits.algorithms",
+                                                                   "difflab.judge", "difflab.train"}

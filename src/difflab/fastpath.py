@@ -1,4 +1,5 @@
-"""Speed levers for training and sampling (config: `FastPath`), each one computing the plain step.
+"""Speed levers for training and sampling (`Speed`; the typed config is `difflab.config.FastPath`), each one
+computing the plain step.
 
 Training: `make_optimizer` and `TrainStep` replace `Adam(...)` and the forward/backward/step of
 the loop. Levers: channels_last, torch.compile (full batches), and on CUDA bf16 autocast, TF32,
@@ -17,12 +18,10 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, Union
 
 import torch
 from torch import nn
-
-from difflab.config import FastPath
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,35 @@ GRAPH_WARMUP_STEPS = 3
 """Eager steps on a side stream before capture (allocator and cuDNN warm-up); their effect is undone."""
 
 
+Lever = Union[bool, Literal["auto"]]
+"""A lever's value: on, off, or `auto` (decided on the machine at hand by difflab.planning / autotune)."""
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed levers as asked for, as plain values: `difflab.config.FastPath` without pydantic (the same
+    fields, documented there, where their defaults live too; built at the edge with `FastPath.speed()`).
+    `Levers.resolve` turns it into the levers in effect on one device."""
+
+    enabled: bool
+    channels_last: Lever
+    compile: Lever
+    cuda_graph: Lever
+    amp: Literal["auto", "none", "bf16"]
+    tf32: Lever
+    cudnn_benchmark: bool
+    fused_adam: bool
+    sample_channels_last: Lever
+    sample_fold_bn: bool
+    sample_jit: Lever
+    sample_compile: Lever
+    sample_cuda_graph: Lever
+    sample_amp: Literal["auto", "none", "bf16"]
+
+
 @dataclass(frozen=True)
 class Levers:
-    """The levers in effect on one device: a FastPath with the ones that do not apply switched off."""
+    """The levers in effect on one device: a `Speed` with the ones that do not apply switched off."""
 
     channels_last: bool = False
     compile: bool = False
@@ -49,8 +74,9 @@ class Levers:
     sample_amp: bool = False
 
     @classmethod
-    def resolve(cls, fast: FastPath | None, device: torch.device | str) -> "Levers":
-        """The levers in effect. A FastPath still holding `auto` (one that difflab.planning has not resolved
+    def resolve(cls, fast: Speed | None, device: torch.device | str) -> "Levers":
+        """The levers in effect. `fast` is a Speed (or anything with its fields, such as the config's FastPath).
+        One still holding `auto` (one that difflab.planning has not resolved
         by a probe) takes the hardware's answer for bf16 and TF32 and leaves the probed levers off."""
         if fast is None or not fast.enabled:
             return cls()

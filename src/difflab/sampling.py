@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from difflab import fastpath
-from difflab.config import FastPath
 from difflab.ddpm import DDPMSchedule, guided_eps_fn, kept_timesteps, sample, time_eps_fn
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
 
@@ -46,7 +45,7 @@ def frames_every(num_timesteps: int, frames: int) -> int:
 
 @torch.no_grad()
 def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels: torch.Tensor | None = None,
-         guidance: float = 0.0, frames: int = 0, fast: FastPath | None = None, clip_x0: bool = False) -> Samples:
+         guidance: float = 0.0, frames: int = 0, fast: fastpath.Speed | None = None, clip_x0: bool = False) -> Samples:
     """n samples (one per label when labels are given, guided with classifier-free guidance).
 
     `fast` picks the speed levers (None or disabled: the plain network); the noise is the same either way."""
@@ -81,7 +80,7 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
 
 def draw_batched(model: nn.Module, schedule: DDPMSchedule, n: int, batch: int, seed: int = 0,
                  labels: torch.Tensor | None = None, guidance: float = 0.0,
-                 fast: FastPath | None = None, clip_x0: bool = False) -> torch.Tensor:
+                 fast: fastpath.Speed | None = None, clip_x0: bool = False) -> torch.Tensor:
     """Many samples in batches (batch k seeded seed + k * batch), for evaluation."""
     out = []
     for i in range(0, n, batch):

@@ -22,7 +22,8 @@ from difflab import viz
 from difflab import names
 from difflab.config import DDPMConfig, DenoiserConfig, EvalConfig, PartBConfig, TrainConfig
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
-from difflab.metrics import Judge, class_agreement, denoiser_metrics, frechet_vs_real, judge_predict
+from difflab.judge import Judge, judge_predict
+from difflab.metrics import class_agreement, denoiser_metrics, frechet_vs_real
 from difflab.sampling import Samples, digit_labels, draw, draw_batched, schedule_from_extra
 from difflab.train import LossFn, load_model
 from difflab.unet import MODEL_CLASSES, NUM_CLASSES
@@ -195,7 +196,7 @@ class DDPMStage(Stage):
 
     def figures_at_epoch(self, model, scfg: DDPMConfig, schedule, test_x, seed, epoch) -> Figures:
         labels = self._grid_labels(scfg)
-        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast,
+        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast.speed(),
                  clip_x0=scfg.clip_x0).images
         if labels is None:
             return {names.SNAPSHOT_SAMPLES: viz.grid(x, nrow=min(10, scfg.num_samples), scale=3)}
@@ -206,7 +207,7 @@ class DDPMStage(Stage):
     def samples(self, trained, scfg: DDPMConfig, seed) -> tuple[Samples, int, str]:
         labels = self._grid_labels(scfg)
         s = draw(trained.model, trained.schedule, scfg.num_samples, seed, labels, scfg.guidance, scfg.gif_frames,
-                 fast=scfg.fast, clip_x0=scfg.clip_x0)
+                 fast=scfg.fast.speed(), clip_x0=scfg.clip_x0)
         if labels is None:
             return s, min(10, scfg.num_samples), "time-conditioned samples"
         return s, scfg.samples_per_class, f"guidance {scfg.guidance}: {scfg.samples_per_class} of each digit"
@@ -217,7 +218,7 @@ class DDPMStage(Stage):
         the judge's readings spread over the ten digits (the rarest digit's share: 0.1 is a perfect spread)."""
         labels = torch.arange(ev.num_samples) % NUM_CLASSES if self.conditional else None
         x = draw_batched(trained.model, trained.schedule, ev.num_samples, ev.sample_batch_size, seed, labels,
-                         scfg.guidance, fast=scfg.fast, clip_x0=scfg.clip_x0)
+                         scfg.guidance, fast=scfg.fast.speed(), clip_x0=scfg.clip_x0)
         fd = frechet_vs_real(judge, x, real_train, real_test, seed=seed)
         k = self.key
         out = Evaluation(metrics={names.frechet(k): fd["frechet"], names.frechet_floor(k): fd["frechet_real_floor"]},

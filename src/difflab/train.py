@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from difflab import fastpath
-from difflab.config import FastPath
 from difflab.spec import COURSE_TRAIN_IMAGES
 from difflab.files import CorruptFileError, atomic_torch_save, set_aside, torch_load
 from difflab.unet import build_model
@@ -176,7 +175,7 @@ def fit(
     checkpoint_dir: Path | None = None,
     on_epoch_end: Callable[[nn.Module, EpochResult], None] | None = None,
     extra: dict | None = None,
-    fast: FastPath | None = None,
+    fast: fastpath.Speed | None = None,
     ema_decay: float = 0.0,
 ) -> TrainResult:
     """Train from scratch or from checkpoint_dir/last.pt. `fast` picks the speed levers (None: the plain loop);

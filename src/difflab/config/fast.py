@@ -53,6 +53,12 @@ class FastPath(_Strict):
     sample_amp: Literal["auto", "none", "bf16"] = "none"
     """bf16 autocast while sampling (rounds the samples; off by default; auto: as `amp`)."""
 
+    def speed(self):
+        """The same levers as the plain frozen dataclass the math modules take (difflab.fastpath.Speed)."""
+        from difflab.fastpath import Speed
+
+        return Speed(**self.model_dump())
+
     def has_auto(self) -> bool:
         return self.enabled and any(v == "auto" for v in self.model_dump().values())
 

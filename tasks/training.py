@@ -21,8 +21,8 @@ from difflab.config import PartBConfig, TrainConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
 from difflab.locks import file_lock
 from difflab.stages import STAGES, Stage
-from difflab.train import (EpochResult, TrainingPlan, device_name, fit, pick_device, plan_training, resume_epoch,
-                           save_checkpoint)
+from difflab.train import (EpochResult, TrainingPlan, TrainInputs, device_name, fit, pick_device, plan_training,
+                           resume_epoch, save_checkpoint)
 from difflab.unet import count_parameters
 from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
@@ -189,9 +189,9 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
 
         started = time.perf_counter()
         try:
-            result = fit(st.model_kind, {"hidden": scfg.hidden}, st.loss(scfg, schedule), x_train, y_train, plan,
-                         scfg.lr, scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, st.checkpoint_extra(scfg),
-                         fast=scfg.fast.speed(), ema_decay=scfg.ema_decay)
+            result = fit(st.train_settings(scfg, plan, cfg.seed, device),
+                         TrainInputs(x_train, y_train, st.loss(scfg, schedule), ckpt_dir, on_epoch_end,
+                                     st.checkpoint_extra(scfg)))
         finally:
             progress.close()
         seconds = time.perf_counter() - started

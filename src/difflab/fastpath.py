@@ -163,11 +163,12 @@ def after_optimizer_load(optimizer: torch.optim.Optimizer, levers: Levers, devic
 
 
 class TrainStep:
-    """One optimizer step on a batch; returns the loss as a device tensor (no host sync).
-
-    Plain: loss_fn, zero_grad, backward, Adam step, exactly the old loop. The levers change how,
-    never what: the compiled model shares the parameters; the CUDA graph replays the same ops.
-    """
+    """The optional replacement of train.fit's plain optimizer step: for a full batch, the whole step captured
+    as a CUDA graph and replayed, or run through the torch.compile'd network. `takes(x)` says whether it
+    replaces the step for this batch; calling it runs the step and returns the loss as a device tensor (no
+    host sync). The levers change how, never what: the compiled model shares the parameters; the CUDA graph
+    replays the same ops. A capture or compile that fails falls back to the plain step, here (`eager`, also
+    the graph's warm-up), with the generator restored."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, gen: torch.Generator,
                  levers: Levers, device: torch.device, batch_size: int):
@@ -183,6 +184,15 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_failed = False
         self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def takes(self, x: torch.Tensor) -> bool:
+        """Whether this batch's step is taken here (a full batch with a graph or a compiled network on)."""
+        full = x.shape[0] == self.batch_size
+        return full and ((self.levers.cuda_graph and not self.graph_failed) or self.compiled is not None)
+
+    def autocast(self):
+        """bf16 autocast of the forward when the amp lever is on, else a no-op context."""
+        return self._autocast()
 
     def _autocast(self):
         if self.levers.amp:

@@ -25,7 +25,7 @@ from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_l
 from difflab.judge import Judge, judge_predict
 from difflab.metrics import class_agreement, denoiser_metrics, frechet_vs_real
 from difflab.sampling import Samples, digit_labels, draw, draw_batched, schedule_from_extra
-from difflab.train import LossFn, load_model
+from difflab.train import LossFn, TrainingPlan, TrainSettings, load_model
 from difflab.unet import MODEL_CLASSES, NUM_CLASSES
 
 Figures = dict[str, Image.Image]
@@ -85,6 +85,12 @@ class Stage:
 
     def checkpoint_extra(self, scfg: TrainConfig) -> dict:
         return {"stage": self.key, "config": scfg.model_dump(mode="json")}
+
+    def train_settings(self, scfg: TrainConfig, plan: TrainingPlan, seed: int = 0,
+                       device: torch.device | str = "cpu") -> TrainSettings:
+        """The plain settings train.fit takes, from this stage's typed config (the edge where pydantic ends)."""
+        return TrainSettings(self.model_kind, {"hidden": scfg.hidden}, plan, scfg.lr, scfg.batch_size, seed=seed,
+                             device=device, fast=scfg.fast.speed(), ema_decay=scfg.ema_decay)
 
     def loss(self, scfg: TrainConfig, schedule: DDPMSchedule | None) -> LossFn:
         raise NotImplementedError

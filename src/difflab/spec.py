@@ -54,6 +54,8 @@ NEUTRAL_PROMPT = "a high quality photo"
 """Part A 1.5: the neutral prompt (1.6: the condition of the CFG samples)."""
 UNCONDITIONAL_PROMPT = ""
 """Part A: the empty prompt is the unconditional embedding."""
+NUM_INFERENCE_STEPS = (20, 50)
+"""Part A 0: the (at least two) step counts the prompts are sampled at."""
 FORWARD_TIMESTEPS = (250, 500, 750)
 """Part A 1.1: the forward process at t in {250, 500, 750} (on IF's T = 1000)."""
 PART_A_STRIDE = 30

@@ -74,7 +74,7 @@ class PartAConfig(_Strict):
     seed: int = spec.PART_A_SEED
     sections: list[Literal[PART_A_SECTIONS]] = Field(default_factory=lambda: list(PART_A_SECTIONS))  # type: ignore[valid-type]
     guidance: float = spec.PART_A_GUIDANCE
-    num_inference_steps: list[Positive] = Field(default_factory=lambda: [20, 50])
+    num_inference_steps: list[Positive] = Field(default_factory=lambda: list(spec.NUM_INFERENCE_STEPS))
     """Section 0's step counts; on a model with fewer steps T they are capped at T (see edits.timesteps)."""
     forward_timesteps: list[NonNegative] = Field(default_factory=lambda: list(spec.FORWARD_TIMESTEPS))
     """On IF's T = 1000; scaled by T/1000 on other backends (75, 150, 225 on MNIST's 300)."""

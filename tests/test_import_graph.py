@@ -31,11 +31,25 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imported_names(name: str, path: Path) -> set[str]:
-    """Every dotted name an import statement in the file names (relative imports resolved)."""
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside `if TYPE_CHECKING:` blocks: imports for annotations, never run."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (getattr(node.test, "id", None) or getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skipped
+
+
+def _imported_names(name: str, path: Path, runtime_only: bool = False) -> set[str]:
+    """Every dotted name an import statement in the file names (relative imports resolved); with runtime_only,
+    not those under `if TYPE_CHECKING:`."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = _type_checking_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -56,6 +70,9 @@ def _project_module(dotted: str) -> str | None:
 
 IMPORTS = {m: _imported_names(m, p) for m, p in MODULES.items()}
 EDGES = {m: {t for n in names if (t := _project_module(n)) and t != m} for m, names in IMPORTS.items()}
+RUNTIME_IMPORTS = {m: _imported_names(m, p, runtime_only=True) for m, p in MODULES.items()}
+RUNTIME_EDGES = {m: {t for n in names if (t := _project_module(n)) and t != m} for m, names in RUNTIME_IMPORTS.items()}
+"""What loading a module really imports: every import but the annotation-only ones under `if TYPE_CHECKING:`."""
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -140,17 +157,20 @@ def test_a_flow_file_run_as_a_script_is_the_cli_command():
 
 
 MATH_MODULES = ("difflab.unet", "difflab.ddpm", "difflab.sampling", "difflab.train", "difflab.fastpath",
-                "difflab.metrics", "difflab.judge", "difflab.spec", "difflab.edits")
+                "difflab.metrics", "difflab.judge", "difflab.spec", "difflab.edits", "difflab.generator")
 """Plain PyTorch taking plain dataclasses (fastpath.Speed, judge.JudgeSettings); the pydantic config is
-converted at the edges (stages, planning, tasks). edits/* is every module under difflab.edits."""
+converted at the edges (stages, planning, tasks). edits/* is every module under difflab.edits; the generator
+is the served model's code (its stage lookup goes through stages.py, whose config imports are annotations)."""
 
 
-def _reachable(module: str) -> dict[str, str]:
-    """Every project module reachable from `module`, each with the module that imports it (for the message)."""
+def _reachable(module: str, edges: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """Every project module reachable from `module` at run time (or along `edges`), each with the module that
+    imports it (for the message)."""
+    edges = RUNTIME_EDGES if edges is None else edges
     seen, todo = {module: ""}, [module]
     while todo:
         m = todo.pop()
-        for t in EDGES.get(m, ()):
+        for t in edges.get(m, ()):
             if t not in seen:
                 seen[t] = m
                 todo.append(t)
@@ -169,13 +189,31 @@ def test_the_math_modules_never_reach_the_config_or_pydantic(module):
     seen = _reachable(module)
     config = sorted(m for m in seen if m == "difflab.config" or m.startswith("difflab.config."))
     assert not config, f"{module} reaches the typed config: {_path_to(seen, config[0])}"
-    pydantic = sorted(m for m in seen if any(n.split(".")[0] == "pydantic" for n in IMPORTS[m]))
+    pydantic = sorted(m for m in seen if any(n.split(".")[0] == "pydantic" for n in RUNTIME_IMPORTS[m]))
     assert not pydantic, f"{module} reaches pydantic: {_path_to(seen, pydantic[0])} imports pydantic"
 
 
 def test_the_math_rule_sees_a_config_import():
     """The rule above would catch a math module importing the config through another module."""
-    seen = _reachable("difflab.stages")
+    seen = _reachable("difflab.planning")
     assert "difflab.config" in seen and any(m.startswith("difflab.config.") for m in seen)
+    assert "difflab.config" in _reachable("difflab.stages", EDGES)  # an annotation-only import is still an arrow
+    assert "difflab.config" not in _reachable("difflab.stages")  # ... but not one that runs
+    assert _type_checking_only(ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pydantic\n"))
     assert {m for m in MODULES if m.startswith(MATH_MODULES)} >= {"difflab.ddpm", "difflab.edits.algorithms",
                                                                    "difflab.judge", "difflab.train"}
+
+
+def test_importing_the_math_loads_no_pydantic():
+    """The same rule, run: a fresh interpreter importing every math module (the served generator included)."""
+    import os
+    import subprocess
+    import sys
+
+    mods = sorted(m for m in MODULES if m.startswith(MATH_MODULES))
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m.startswith('difflab.config')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout

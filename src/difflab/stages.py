@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -20,13 +21,16 @@ from torch import nn
 
 from difflab import viz
 from difflab import names
-from difflab.config import DDPMConfig, DenoiserConfig, EvalConfig, PartBConfig, TrainConfig
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
 from difflab.judge import Judge, judge_predict
 from difflab.metrics import class_agreement, denoiser_metrics, frechet_vs_real
 from difflab.sampling import Samples, digit_labels, draw, draw_batched, schedule_from_extra
 from difflab.train import LossFn, TrainingPlan, TrainSettings, load_model
 from difflab.unet import MODEL_CLASSES, NUM_CLASSES
+
+if TYPE_CHECKING:  # annotations only: a stage reads its typed config's values, so at run time this module (and
+    # the served generator, which looks its stage up here) loads no pydantic (tests/test_import_graph.py)
+    from difflab.config import DDPMConfig, DenoiserConfig, EvalConfig, PartBConfig, TrainConfig
 
 Figures = dict[str, Image.Image]
 """Deliverable images by name (the MLflow image key)."""

@@ -1,8 +1,8 @@
 """Speed levers for training and sampling (`Speed`; the typed config is `difflab.config.FastPath`), each one
 computing the plain step.
 
-Training: `make_optimizer` and `TrainStep` replace `Adam(...)` and the forward/backward/step of
-the loop. Levers: channels_last, torch.compile (full batches), and on CUDA bf16 autocast, TF32,
+Training: `make_optimizer` builds the Adam of train.fit, and `TrainStep` optionally replaces the plain
+step fit writes out (zero_grad, forward, backward, step) for a full batch. Levers: channels_last, torch.compile (full batches), and on CUDA bf16 autocast, TF32,
 cuDNN autotuning, fused Adam and the whole step captured as one CUDA graph with static batch
 buffers. Sampling: `sampling_model` folds BatchNorm into the convolutions of an eval copy and
 `graph_eps_fn` replays the guided noise estimate as a CUDA graph.

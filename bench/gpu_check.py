@@ -55,7 +55,7 @@ def part_b(tiny: bool, out: Path, data_path: Path, fast: bool) -> list[dict[str,
     from difflab.config import PartBConfig
     from difflab.data import MnistData, to_float
     from difflab.stages import STAGES, Trained
-    from difflab.train import fit, pick_device, plan_training, save_checkpoint
+    from difflab.train import TrainInputs, fit, pick_device, plan_training, save_checkpoint
 
     over = {k: {"fast": {"enabled": fast}} for k in ("denoiser", "time_ddpm", "class_ddpm")}
     cfg = PartBConfig(profile="tiny" if tiny else "course", **over)
@@ -90,9 +90,9 @@ def part_b(tiny: bool, out: Path, data_path: Path, fast: bool) -> list[dict[str,
             if res.epoch in plan.snapshot_epochs:
                 save(st.figures_at_epoch(model, scfg, schedule, x_test, cfg.seed, res.epoch), f"_epoch{res.epoch:04d}")
 
-        result = fit(st.model_kind, {"hidden": scfg.hidden}, st.loss(scfg, schedule), x_train, y_train, plan,
-                     scfg.lr, scfg.batch_size, cfg.seed, device, None, on_epoch_end, st.checkpoint_extra(scfg),
-                     fast=scfg.fast, ema_decay=scfg.ema_decay)
+        result = fit(st.train_settings(scfg, plan, cfg.seed, device),
+                     TrainInputs(x_train, y_train, st.loss(scfg, schedule), None, on_epoch_end,
+                                 st.checkpoint_extra(scfg)))
         _sync()
         train_s = time.perf_counter() - started
         save(st.figures_after(result.model, scfg, x_test, cfg.seed))

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401 - the run-start doctor hook, also when Prefect loads this file by path
-from difflab import compare as report, tracking
+from difflab import compare as comparison, names, tracking
 from difflab.config import CompareConfig
 from tasks.retry import retry_if_transient
 
@@ -18,7 +18,7 @@ def _stage_curves(run_id: str, keys: list[str]) -> dict[str, list[tuple[float, f
     """Each nested stage run's per-step curves, keyed `<stage>/<metric>`."""
     curves = {}
     for child in tracking.child_runs(run_id):
-        stage = child.data.tags.get(tracking.STAGE_TAG, child.info.run_name)
+        stage = child.data.tags.get(names.STAGE_TAG, child.info.run_name)
         for key in keys:
             history = tracking.metric_history(child.info.run_id, key)
             if len(history) > 1:
@@ -34,7 +34,7 @@ def gather(config: CompareConfig):
         df = tracking.search_runs(run_ids=config.run_ids)
     else:
         df = tracking.search_runs([config.experiment], config.filter)
-        df, failed = report.drop_failed(df)  # partial numbers of a failed or killed run mislead
+        df, failed = comparison.drop_failed(df)  # partial numbers of a failed or killed run mislead
         if failed:
             get_run_logger().info("skipping %d FAILED/KILLED runs: %s", len(failed), ", ".join(failed))
     if df.empty:
@@ -50,8 +50,8 @@ def compare(config: CompareConfig | None = None) -> dict:
     df = gather(config)
     labels = [f"{r.get('tags.mlflow.runName', '')} {r['run_id'][:8]}" for _, r in df.iterrows()]
     curves = {label: _stage_curves(r["run_id"], config.curves) for label, (_, r) in zip(labels, df.iterrows())}
-    table = report.comparison_table(df, config.metrics)
-    paths = report.write_report(df, config.output_dir, config.metrics, {k: v for k, v in curves.items() if v})
+    table = comparison.comparison_table(df, config.metrics)
+    paths = comparison.write_report(df, config.output_dir, config.metrics, {k: v for k, v in curves.items() if v})
     markdown = paths["markdown"].read_text()
     with tracking.run("compare", config.tracking.experiment,
                       tags={"flow": "compare", "compared_runs": ",".join(df["run_id"])}) as run_id:

@@ -26,7 +26,7 @@ from tasks.summary import publish_summary
 from tasks.training import plan_part_b, train_stage
 
 
-PROFILE_OVERRIDES_TAG = "profile_overrides"
+PROFILE_OVERRIDES_TAG = names.PROFILE_OVERRIDES_TAG
 
 
 @flow(name="part_b", log_prints=True)

@@ -37,7 +37,7 @@ from prefect.states import Cancelling
 import pandas as pd
 
 import flows  # noqa: F401 - the run-start doctor hook, also when Prefect loads this file by path
-from difflab import compare as report, tracking
+from difflab import compare as comparison, tracking
 from difflab.config import WIDTH, SweepConfig, deep_merge, nested
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -205,7 +205,7 @@ def sweep(config: SweepConfig | None = None) -> dict:
                 failed.append(f"{fr.name} ({point_label(point)}): {state}")
             rows.append(row)
 
-        table = report.to_markdown(pd.DataFrame(rows)) if rows else "(no runs)"
+        table = comparison.to_markdown(pd.DataFrame(rows)) if rows else "(no runs)"
         tracking.log_dict({"sweep": sweep_id, "rows": rows}, "sweep/results.json")
         tracking.log_text(table, "sweep/results.md")
         tracking.log_metrics({"points_completed": len(rows) - len(failed), "points_failed": len(failed)})

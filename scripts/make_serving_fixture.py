@@ -5,7 +5,7 @@
 The served-model test must show real, readable digits, which a tiny smoke model does not draw, and training a
 readable one inside the test costs minutes of CPU. So it is trained once, here, with the project's own code on
 the bundled digits (the quick profile's class DDPM settings, D=16, fewer epochs) and stored in fp16 (it loads
-back as fp32): class_ddpm.pt (train.save_checkpoint format) and judge.pt (metrics.save_judge format), with
+back as fp32): class_ddpm.pt (train.save_checkpoint format) and judge.pt (judge.save_judge format), with
 fixture.json saying how they were made and how well the judge reads the model's digits.
 """
 
@@ -20,10 +20,10 @@ import torch
 
 from difflab.config import JudgeConfig, PartBConfig
 from difflab.data import load_mnist, to_float
-from difflab.metrics import judge_accuracy, judge_predict, save_judge, train_judge
+from difflab.judge import judge_accuracy, judge_predict, save_judge, train_judge
 from difflab.sampling import digit_labels, draw
 from difflab.stages import STAGES
-from difflab.train import fit, plan_training, save_checkpoint
+from difflab.train import TrainInputs, fit, plan_training, save_checkpoint
 
 
 def _halved(module: torch.nn.Module) -> torch.nn.Module:
@@ -60,9 +60,9 @@ def main() -> None:
     plan = plan_training(sc.epochs, sc.batch_size, sc.snapshot_epochs, len(y), sc.match_course_steps,
                          st.lr_final_factor(sc))
     started = time.perf_counter()
-    result = fit(st.model_kind, {"hidden": sc.hidden}, st.loss(sc, schedule), x, y, plan, sc.lr, sc.batch_size,
-                 cfg.seed, "cpu", None, lambda m, r: print(f"epoch {r.epoch}: loss {r.mean_loss:.4f}", flush=True),
-                 fast=sc.fast)
+    result = fit(st.train_settings(sc.model_copy(update={"ema_decay": 0.0}), plan, cfg.seed, "cpu"),
+                 TrainInputs(x, y, st.loss(sc, schedule),
+                             on_epoch_end=lambda m, r: print(f"epoch {r.epoch}: loss {r.mean_loss:.4f}", flush=True)))
     seconds = time.perf_counter() - started
     save_checkpoint(out / "class_ddpm.pt", _halved(result.model), st.model_kind, st.checkpoint_extra(sc),
                     epoch=plan.epochs)

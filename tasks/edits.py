@@ -314,7 +314,7 @@ def run_section(cfg: PartAConfig, section: str, inputs: PartAInputs, parent_run_
     image = torch.load(inputs.test_image, weights_only=True)
     cfg, capped = fit_to_backend(cfg, len(b.alphas_cumprod))
     with tracking.run(f"part_a/{section}", cfg.tracking.experiment, parent_run_id,
-                      {tracking.STAGE_TAG: names.part_a_run(section), "backend": inputs.backend}) as run_id:
+                      {names.STAGE_TAG: names.part_a_run(section), "backend": inputs.backend}) as run_id:
         tracking.log_params({"backend": inputs.backend, "model": inputs.model, "seed": cfg.seed,
                              "num_timesteps": len(b.alphas_cumprod)})
         if capped:

@@ -19,7 +19,7 @@ from difflab import names, planning, stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
 from difflab.files import CorruptFileError, set_aside
-from difflab.metrics import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
+from difflab.judge import judge_accuracy, judge_accuracy_corrupted, load_judge, save_judge, train_judge
 from difflab.train import pick_device
 from tasks.progress import Ticker
 from tasks.refs import DataRef, StageRef
@@ -61,7 +61,7 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
     ev = cfg.evaluation.model_copy(update={"num_samples": eplan.num_samples})
     logger.info(eplan.announce())
     with tracking.run("evaluation", cfg.tracking.experiment, parent_run_id,
-                      {tracking.STAGE_TAG: "evaluation", "data_checksum": data.checksum}):
+                      {names.STAGE_TAG: "evaluation", "data_checksum": data.checksum}):
         started = time.perf_counter()
         with Ticker("evaluation: the judge (trained once per data set, then cached)", 0.0, logger.info):
             judge, acc, cached, judge_path = get_judge(cfg, data, mnist)

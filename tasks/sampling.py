@@ -26,7 +26,7 @@ def sample_stage(cfg: PartBConfig, ref: StageRef, parent_run_id: str) -> str:
     trained = stages.load(ref.checkpoint, pick_device(cfg.device, cfg.cpu_threads))
     name = f"sample_{st.name}"
     with tracking.run(name, cfg.tracking.experiment, parent_run_id,
-                      {tracking.STAGE_TAG: name, "model_run_id": ref.run_id}) as run_id:
+                      {names.STAGE_TAG: name, "model_run_id": ref.run_id}) as run_id:
         guided = {"guidance": scfg.guidance} if getattr(st, "conditional", False) else {}  # no guidance without c
         tracking.log_params({**guided, "seed": cfg.seed, "model_run_id": ref.run_id, "gif_frames": scfg.gif_frames})
         samples, nrow, title = st.samples(trained, scfg, cfg.seed)

@@ -21,8 +21,8 @@ from difflab.config import PartBConfig, TrainConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
 from difflab.locks import file_lock
 from difflab.stages import STAGES, Stage
-from difflab.train import (EpochResult, TrainingPlan, device_name, fit, pick_device, plan_training, resume_epoch,
-                           save_checkpoint)
+from difflab.train import (EpochResult, TrainingPlan, TrainInputs, device_name, fit, pick_device, plan_training,
+                           resume_epoch, save_checkpoint)
 from difflab.unet import count_parameters
 from tasks.progress import EpochProgress
 from tasks.refs import DataRef, StageRef
@@ -126,9 +126,9 @@ def record_reuse(cfg: PartBConfig, st: Stage, original: str, key: str, parent_ru
     """A `<stage> (reused)` run that points at the run holding the artifacts; fetch its final checkpoint."""
     old = tracking.get_run(original)
     metrics = {k: v for k, v in old.data.metrics.items() if k in (names.FINAL_LOSS, names.TRAIN_SECONDS)}
-    tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") and k != tracking.CACHE_KEY_TAG}
+    tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") and k != names.CACHE_KEY_TAG}
     with tracking.run(f"{st.name} (reused)", cfg.tracking.experiment, parent_run_id,
-                      {**tags, tracking.REUSED_TAG: original}):
+                      {**tags, names.REUSED_TAG: original}):
         tracking.log_params(old.data.params)
         tracking.log_metrics(metrics)
         if plan is not None and parent_run_id:
@@ -155,7 +155,7 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
     resumed_from = _resume_state(ckpt_dir, plan)
     schedule = st.schedule(scfg)
     schedule = schedule.to(device) if schedule is not None else None
-    tags = {tracking.STAGE_TAG: st.name, tracking.CACHE_KEY_TAG: key, "device": device_name(device),
+    tags = {names.STAGE_TAG: st.name, names.CACHE_KEY_TAG: key, "device": device_name(device),
             "git_commit": provenance.git_commit(), "data_source": data.source, "data_checksum": data.checksum,
             "profile": cfg.profile, **resumed_from}
 
@@ -189,9 +189,9 @@ def train_and_log(cfg: PartBConfig, st: Stage, key: str, data: DataRef, parent_r
 
         started = time.perf_counter()
         try:
-            result = fit(st.model_kind, {"hidden": scfg.hidden}, st.loss(scfg, schedule), x_train, y_train, plan,
-                         scfg.lr, scfg.batch_size, cfg.seed, device, ckpt_dir, on_epoch_end, st.checkpoint_extra(scfg),
-                         fast=scfg.fast, ema_decay=scfg.ema_decay)
+            result = fit(st.train_settings(scfg, plan, cfg.seed, device),
+                         TrainInputs(x_train, y_train, st.loss(scfg, schedule), ckpt_dir, on_epoch_end,
+                                     st.checkpoint_extra(scfg)))
         finally:
             progress.close()
         seconds = time.perf_counter() - started
@@ -224,8 +224,8 @@ def checkpoint_model_name(st: Stage, epoch: int, plan: TrainingPlan) -> str:
 def _log_checkpoint_model(st: Stage, scfg, model, checkpoint: Path | None, epoch: int, plan: TrainingPlan) -> str:
     """One epoch's checkpoint as a logged pyfunc model of the active run (step = epoch); returns its id.
     An epoch without a checkpoint file (course epochs scaled up) gets one written for the purpose."""
-    tags = {tracking.STAGE_TAG: st.name,
-            tracking.CHECKPOINT_TAG: "final" if epoch == plan.epochs else f"epoch_{epoch:04d}"}
+    tags = {names.STAGE_TAG: st.name,
+            names.CHECKPOINT_TAG: "final" if epoch == plan.epochs else f"epoch_{epoch:04d}"}
     params = {"hidden": scfg.hidden, "epoch": epoch, "plan.epochs": plan.epochs}
     name = checkpoint_model_name(st, epoch, plan)
     if checkpoint is not None:

@@ -64,3 +64,21 @@ def test_epochs_are_kept_on_full_mnist_or_when_asked():
     assert (plan.epochs, plan.snapshot_epochs, plan.epoch_scale) == (20, [5, 20], 1.0)
     assert plan.lr_gamma == pytest.approx(0.1 ** (1 / 20))
     assert plan_training(5, 256, [1, 5], 4000, match_course_steps=False).epochs == 5
+
+
+def test_the_plain_dataclasses_the_math_takes_mirror_the_typed_config():
+    """fastpath.Speed and judge.JudgeSettings are FastPath and JudgeConfig without pydantic: the same fields, so
+    a lever or judge setting added to the config reaches the math (or this fails), and values pass unchanged."""
+    import dataclasses
+
+    from difflab.config import FastPath, JudgeConfig
+    from difflab.fastpath import Levers, Speed
+    from difflab.judge import JudgeSettings, settings
+
+    assert [f.name for f in dataclasses.fields(Speed)] == list(FastPath.model_fields)
+    assert [f.name for f in dataclasses.fields(JudgeSettings)] == list(JudgeConfig.model_fields)
+    fast = FastPath(enabled=True, channels_last="auto", amp="none", sample_jit=False)
+    assert dataclasses.asdict(fast.speed()) == fast.model_dump()
+    assert Levers.resolve(fast.speed(), "cpu") == Levers.resolve(fast, "cpu")
+    judge = JudgeConfig(width=3, epochs=2)
+    assert dataclasses.asdict(settings(judge)) == judge.model_dump()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from difflab.ddpm import (DDPMSchedule, add_noise, cfg, cfg_eps_fn, ddpm_loss, denoise, posterior_mean, predict_x0,
+from difflab.ddpm import (DDPMSchedule, add_noise, guide, guided_eps_fn, ddpm_loss, denoise, posterior_mean, predict_x0,
                           sample)
 from difflab.unet import ClassConditionalUNet, TimeConditionalUNet
 
@@ -70,9 +70,9 @@ def test_sampler_returns_the_single_training_image_with_the_optimal_estimator():
 
 def test_cfg_gamma_one_is_conditional_and_zero_unconditional():
     eu, ec = torch.randn(5), torch.randn(5)
-    assert torch.allclose(cfg(eu, ec, 1.0), ec)
-    assert torch.allclose(cfg(eu, ec, 0.0), eu)
-    assert torch.allclose(cfg(eu, ec, 5.0), eu + 5 * (ec - eu))
+    assert torch.allclose(guide(eu, ec, 1.0), ec)
+    assert torch.allclose(guide(eu, ec, 0.0), eu)
+    assert torch.allclose(guide(eu, ec, 5.0), eu + 5 * (ec - eu))
 
 
 def test_cfg_eps_fn_gamma_one_equals_conditional_pass():
@@ -83,7 +83,7 @@ def test_cfg_eps_fn_gamma_one_equals_conditional_pass():
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 12])
     c = torch.nn.functional.one_hot(labels, 10).float()
     with torch.no_grad():
-        assert torch.allclose(cfg_eps_fn(net, s, labels, 1.0)(x, t), net(x, s.time_input(t), c), atol=1e-5)
+        assert torch.allclose(guided_eps_fn(net, s, labels, 1.0)(x, t), net(x, s.time_input(t), c), atol=1e-5)
 
 
 def test_ddpm_loss_is_near_one_for_a_zero_predictor_and_drops_uncond():

@@ -119,3 +119,11 @@ def test_unknown_condition_and_out_of_range_steps_name_the_fix(mnist, tmp_path):
                            {"num_timesteps": 300, "beta1": 1e-4, "beta2": 0.02})
     with pytest.raises(ValueError, match="class-conditioned"):
         load_backend("mnist", checkpoint=path)
+
+
+def test_a_class_checkpoint_without_its_schedule_is_refused_by_name(tmp_path):
+    from difflab.unet import ClassConditionalUNet
+
+    path = save_checkpoint(tmp_path / "class.pt", ClassConditionalUNet(hidden=4), "class", {"stage": "class"})
+    with pytest.raises(ValueError, match="lacks the schedule key 'num_timesteps'.*written by the training flow"):
+        load_backend("mnist", checkpoint=path)

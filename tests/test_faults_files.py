@@ -12,8 +12,8 @@ import torch
 from difflab import files
 from difflab.config import JudgeConfig
 from difflab.files import CorruptFileError, DiskFullError
-from difflab.metrics import Judge, load_judge, save_judge
-from difflab.train import fit, load_model, plan_training, save_checkpoint
+from difflab.judge import Judge, load_judge, save_judge
+from difflab.train import TrainInputs, TrainSettings, fit, load_model, plan_training, save_checkpoint
 from difflab.unet import build_model
 
 
@@ -26,7 +26,7 @@ def _tiny_fit(ckpt_dir: Path, epochs: int = 2):
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     plan = plan_training(epochs, 8, [epochs], len(y), match_course_steps=False)
     loss = lambda m, xb, yb, g: ((m(xb) - xb) ** 2).mean()  # noqa: E731
-    return fit("unconditional", {"hidden": 2}, loss, x, y, plan, 1e-3, 8, 0, "cpu", ckpt_dir)
+    return fit(TrainSettings("unconditional", {"hidden": 2}, plan, 1e-3, 8, 0, "cpu"), TrainInputs(x, y, loss, ckpt_dir))
 
 
 def test_truncated_checkpoint_is_named(tmp_path):

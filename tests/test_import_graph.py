@@ -5,7 +5,8 @@ Rules (docs/architecture.md): no cycles; the library (src/difflab) never imports
 except the CLI that starts them; nothing outside the CLI imports it; only the `tracking` package and the
 CLI import MLflow or Prefect in the library (the CLI is the package src/difflab/cli/: every module in it);
 `errors` is below `tracking`; `tracking` never imports the page, and the page renders without `tracking`
-(only `page.gather` reads runs through it); ops/runs.py and ops/stack.py do not import each other.
+(only `page.gather` reads runs through it); ops/runs.py and ops/stack.py do not import each other;
+the math modules never reach the typed config or pydantic, not even through another module.
 """
 
 from __future__ import annotations
@@ -32,11 +33,25 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imported_names(name: str, path: Path) -> set[str]:
-    """Every dotted name an import statement in the file names (relative imports resolved)."""
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside `if TYPE_CHECKING:` blocks: imports for annotations, never run."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (getattr(node.test, "id", None) or getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skipped
+
+
+def _imported_names(name: str, path: Path, runtime_only: bool = False) -> set[str]:
+    """Every dotted name an import statement in the file names (relative imports resolved); with runtime_only,
+    not those under `if TYPE_CHECKING:`."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = _type_checking_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,6 +80,9 @@ def _project_module(dotted: str) -> str | None:
 
 IMPORTS = {m: _imported_names(m, p) for m, p in MODULES.items()}
 EDGES = {m: {t for n in names if (t := _project_module(n)) and t != m} for m, names in IMPORTS.items()}
+RUNTIME_IMPORTS = {m: _imported_names(m, p, runtime_only=True) for m, p in MODULES.items()}
+RUNTIME_EDGES = {m: {t for n in names if (t := _project_module(n)) and t != m} for m, names in RUNTIME_IMPORTS.items()}
+"""What loading a module really imports: every import but the annotation-only ones under `if TYPE_CHECKING:`."""
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -164,17 +182,10 @@ def test_layer_arrows_named_in_the_design():
 
 MAX_LINES = 450
 """No Python file in src/, tasks/, flows/ or ops/ is longer (issue 18)."""
-NOT_YET_SPLIT = {"difflab.config"}
-"""Modules still over MAX_LINES while their split is under way (issue 18, parts A and B): remove each as it
-is split; the test below fails on one that no longer needs its place here."""
-
-
 def test_no_python_file_exceeds_the_line_limit():
     lines = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
-    over = {m: n for m, n in lines.items() if n > MAX_LINES and m not in NOT_YET_SPLIT}
+    over = {m: n for m, n in lines.items() if n > MAX_LINES}
     assert over == {}, f"over {MAX_LINES} lines: {over}; split them (docs/architecture.md)"
-    done = {m for m in NOT_YET_SPLIT if lines.get(m, 0) <= MAX_LINES}
-    assert done == set(), f"{sorted(done)} now fit in {MAX_LINES} lines: remove them from NOT_YET_SPLIT"
 
 
 def test_a_flow_file_run_as_a_script_is_the_cli_command():
@@ -189,3 +200,66 @@ def test_a_flow_file_run_as_a_script_is_the_cli_command():
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["profile"] == "tiny"  # `difflab part-b`'s own option, parsed by the CLI
+
+
+MATH_MODULES = ("difflab.unet", "difflab.ddpm", "difflab.sampling", "difflab.train", "difflab.fastpath",
+                "difflab.metrics", "difflab.judge", "difflab.spec", "difflab.edits", "difflab.generator")
+"""Plain PyTorch taking plain dataclasses (fastpath.Speed, judge.JudgeSettings); the pydantic config is
+converted at the edges (stages, planning, tasks). edits/* is every module under difflab.edits; the generator
+is the served model's code (its stage lookup goes through stages.py, whose config imports are annotations)."""
+
+
+def _reachable(module: str, edges: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """Every project module reachable from `module` at run time (or along `edges`), each with the module that
+    imports it (for the message)."""
+    edges = RUNTIME_EDGES if edges is None else edges
+    seen, todo = {module: ""}, [module]
+    while todo:
+        m = todo.pop()
+        for t in edges.get(m, ()):
+            if t not in seen:
+                seen[t] = m
+                todo.append(t)
+    return seen
+
+
+def _path_to(seen: dict[str, str], target: str) -> str:
+    chain = [target]
+    while seen[chain[-1]]:
+        chain.append(seen[chain[-1]])
+    return " -> ".join(reversed(chain))
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(MATH_MODULES)))
+def test_the_math_modules_never_reach_the_config_or_pydantic(module):
+    seen = _reachable(module)
+    config = sorted(m for m in seen if m == "difflab.config" or m.startswith("difflab.config."))
+    assert not config, f"{module} reaches the typed config: {_path_to(seen, config[0])}"
+    pydantic = sorted(m for m in seen if any(n.split(".")[0] == "pydantic" for n in RUNTIME_IMPORTS[m]))
+    assert not pydantic, f"{module} reaches pydantic: {_path_to(seen, pydantic[0])} imports pydantic"
+
+
+def test_the_math_rule_sees_a_config_import():
+    """The rule above would catch a math module importing the config through another module."""
+    seen = _reachable("difflab.planning")
+    assert "difflab.config" in seen and any(m.startswith("difflab.config.") for m in seen)
+    assert "difflab.config" in _reachable("difflab.stages", EDGES)  # an annotation-only import is still an arrow
+    assert "difflab.config" not in _reachable("difflab.stages")  # ... but not one that runs
+    assert _type_checking_only(ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pydantic\n"))
+    assert {m for m in MODULES if m.startswith(MATH_MODULES)} >= {"difflab.ddpm", "difflab.edits.algorithms",
+                                                                   "difflab.judge", "difflab.train"}
+
+
+def test_importing_the_math_loads_no_pydantic():
+    """The same rule, run: a fresh interpreter importing every math module (the served generator included)."""
+    import os
+    import subprocess
+    import sys
+
+    mods = sorted(m for m in MODULES if m.startswith(MATH_MODULES))
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m.startswith('difflab.config')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout

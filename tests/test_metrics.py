@@ -13,22 +13,24 @@ from torchvision.transforms.functional import gaussian_blur
 
 from difflab.config import DataConfig
 from difflab.data import MnistData, load_mnist, to_float
-from difflab.metrics import (
+from difflab.config import JudgeConfig
+from difflab.judge import (
     Judge,
-    JudgeConfig,
-    class_agreement,
-    denoiser_metrics,
-    frechet_distance,
-    frechet_vs_real,
     judge_accuracy,
     judge_accuracy_corrupted,
     judge_features,
     judge_predict,
     load_judge,
-    mse,
-    psnr,
     save_judge,
     train_judge,
+)
+from difflab.metrics import (
+    class_agreement,
+    denoiser_metrics,
+    frechet_distance,
+    frechet_vs_real,
+    mse,
+    psnr,
 )
 
 TARGET_HELDOUT_ACCURACY = 0.97

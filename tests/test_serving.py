@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from difflab import tracking
-from difflab.metrics import judge_predict, load_judge
+from difflab.judge import judge_predict, load_judge
 from test_generator import tiny_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "serving"

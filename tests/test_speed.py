@@ -17,7 +17,7 @@ from difflab.config import FastPath, PartBConfig, flatten_params
 from difflab.train import plan_training
 from difflab.ddpm import DDPMSchedule, ddpm_loss
 from difflab.sampling import digit_labels, draw
-from difflab.train import fit
+from difflab.train import TrainInputs, TrainSettings, fit
 from difflab.unet import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def test_fast_and_plain_compute_the_same_step(fast):
 def test_fast_loss_curve_follows_the_plain_one():
     x, y = _batch(96, seed=1)
     plan = plan_training(3, 32, [], 96, False, lr_final_factor=0.1)
-    plain = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32)
-    fast = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32, fast=FAST)
+    plain = fit(TrainSettings("class", {"hidden": 4}, plan, 3e-3, 32), TrainInputs(x, y, _loss))
+    fast = fit(TrainSettings("class", {"hidden": 4}, plan, 3e-3, 32, fast=FAST.speed()), TrainInputs(x, y, _loss))
     assert len(plain.losses) == len(fast.losses) == 9
     assert all(isinstance(v, float) for v in fast.losses)
     for a, b in zip(plain.losses, fast.losses):
@@ -94,9 +94,10 @@ def test_bf16_autocast_loss_curve_stays_close():
     """bf16 rounds, so not float tolerance: within 1 % of the plain curve, step by step."""
     x, y = _batch(96, seed=2)
     plan = plan_training(3, 32, [], 96, False, lr_final_factor=0.1)
-    plain = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32)
-    bf16 = fit("class", {"hidden": 4}, _loss, x, y, plan, 3e-3, 32,
-               fast=FastPath(enabled=True, channels_last=True, amp="bf16"))
+    plain = fit(TrainSettings("class", {"hidden": 4}, plan, 3e-3, 32), TrainInputs(x, y, _loss))
+    bf16 = fit(TrainSettings("class", {"hidden": 4}, plan, 3e-3, 32,
+                             fast=FastPath(enabled=True, channels_last=True, amp="bf16").speed()),
+               TrainInputs(x, y, _loss))
     assert plain.losses != bf16.losses  # bf16 really ran
     for a, b in zip(plain.losses, bf16.losses):
         assert abs(a - b) < 0.01 * a

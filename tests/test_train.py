@@ -4,7 +4,7 @@ from difflab.train import plan_training
 from difflab.config import DataConfig
 from difflab.data import load_mnist, to_float
 from difflab.ddpm import DDPMSchedule, ddpm_loss, denoiser_loss
-from difflab.train import fit, load_model, save_checkpoint
+from difflab.train import TrainInputs, TrainSettings, fit, load_model, save_checkpoint
 from difflab.unet import ClassConditionalUNet
 
 
@@ -16,7 +16,8 @@ def _tiny_data(n=128):
 def test_training_lowers_the_denoiser_loss():
     x, y = _tiny_data()
     plan = plan_training(6, 32, [], len(y), False)
-    res = fit("unconditional", {"hidden": 8}, lambda m, xb, yb, g: denoiser_loss(m, xb, 0.5, g), x, y, plan, 3e-3, 32)
+    res = fit(TrainSettings("unconditional", {"hidden": 8}, plan, 3e-3, 32),
+              TrainInputs(x, y, lambda m, xb, yb, g: denoiser_loss(m, xb, 0.5, g)))
     first, last = sum(res.losses[:4]) / 4, sum(res.losses[-4:]) / 4
     assert len(res.losses) == 6 * 4 and last < 0.6 * first
 
@@ -25,7 +26,8 @@ def test_training_lowers_the_class_ddpm_loss():
     x, y = _tiny_data()
     s = DDPMSchedule(50)
     plan = plan_training(8, 32, [], len(y), False, lr_final_factor=0.1)
-    res = fit("class", {"hidden": 8}, lambda m, xb, yb, g: ddpm_loss(m, s, xb, yb, 0.1, g), x, y, plan, 3e-3, 32)
+    res = fit(TrainSettings("class", {"hidden": 8}, plan, 3e-3, 32),
+              TrainInputs(x, y, lambda m, xb, yb, g: ddpm_loss(m, s, xb, yb, 0.1, g)))
     assert sum(res.losses[-4:]) / 4 < 0.7 * sum(res.losses[:4]) / 4
 
 
@@ -33,12 +35,12 @@ def test_checkpoints_resume_where_training_stopped(tmp_path):
     """Two epochs, then resume to four, gives the same weights as four epochs in one go."""
     x, y = _tiny_data(64)
     loss = lambda m, xb, yb, g: denoiser_loss(m, xb, 0.5, g)  # noqa: E731
-    full = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32,
-               checkpoint_dir=tmp_path / "a")
-    fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(2, 32, [], 64, False), 1e-3, 32,
-        checkpoint_dir=tmp_path / "b")
-    resumed = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32,
-                  checkpoint_dir=tmp_path / "b")
+    full = fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(4, 32, [], 64, False), 1e-3, 32),
+               TrainInputs(x, y, loss, checkpoint_dir=tmp_path / "a"))
+    fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(2, 32, [], 64, False), 1e-3, 32),
+        TrainInputs(x, y, loss, checkpoint_dir=tmp_path / "b"))
+    resumed = fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(4, 32, [], 64, False), 1e-3, 32),
+                  TrainInputs(x, y, loss, checkpoint_dir=tmp_path / "b"))
     assert resumed.resumed_from_epoch == 2
     assert resumed.losses == full.losses
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
@@ -77,17 +79,31 @@ def test_ema_is_the_moving_average_of_the_weights():
 def test_ema_training_returns_the_average_and_resumes_exactly(tmp_path):
     x, y = _tiny_data(64)
     loss = lambda m, xb, yb, g: denoiser_loss(m, xb, 0.5, g)  # noqa: E731
-    plain = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32)
-    full = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32,
-               checkpoint_dir=tmp_path / "a", ema_decay=0.9)
+    plain = fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(4, 32, [], 64, False), 1e-3, 32), TrainInputs(x, y, loss))
+    full = fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(4, 32, [], 64, False), 1e-3, 32, ema_decay=0.9),
+               TrainInputs(x, y, loss, checkpoint_dir=tmp_path / "a"))
     assert full.losses == plain.losses  # the average never feeds back into training
     assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), full.model.parameters()))
-    fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(2, 32, [], 64, False), 1e-3, 32,
-        checkpoint_dir=tmp_path / "b", ema_decay=0.9)
-    resumed = fit("unconditional", {"hidden": 4}, loss, x, y, plan_training(4, 32, [], 64, False), 1e-3, 32,
-                  checkpoint_dir=tmp_path / "b", ema_decay=0.9)
+    fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(2, 32, [], 64, False), 1e-3, 32, ema_decay=0.9),
+        TrainInputs(x, y, loss, checkpoint_dir=tmp_path / "b"))
+    resumed = fit(TrainSettings("unconditional", {"hidden": 4}, plan_training(4, 32, [], 64, False), 1e-3, 32, ema_decay=0.9),
+                  TrainInputs(x, y, loss, checkpoint_dir=tmp_path / "b"))
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     saved, _ = load_model(tmp_path / "a" / "epoch_0004.pt")
     for a, b in zip(full.model.state_dict().values(), saved.state_dict().values()):
         assert torch.equal(a, b)  # the epoch checkpoint holds the average, the network that samples
+
+
+def test_the_optimizer_step_is_written_out_in_fit():
+    """issue 18: the loop reads straight down, its step in train.fit itself (the fast path only replaces it)."""
+    import ast
+    import inspect
+
+    from difflab import train
+
+    body = ast.unparse(ast.parse(inspect.getsource(train.fit)))
+    marks = ["optimizer.zero_grad(", "loss = loss_fn(model, x, y, gen)", "loss.backward()", "optimizer.step()"]
+    found = [body.find(m) for m in marks]
+    assert -1 not in found and found == sorted(found), dict(zip(marks, found))
+    assert not hasattr(train, "_fit")

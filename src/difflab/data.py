@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 
 from difflab.config import DataConfig
+from difflab.unet import to_float  # noqa: F401  (re-exported: data.to_float)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,6 @@ class MnistData:
         from difflab.files import torch_load
 
         return cls(**torch_load(path, "prepared data file", weights_only=True))
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
-    return images.float().div(255.0).unsqueeze(1)
 
 
 def _probe(url: str, timeout: float) -> bool:

@@ -163,8 +163,10 @@ def learned_range_variance(v: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_p
     return (frac * max_log + (1 - frac) * min_log).exp()
 
 
-def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_u + gamma (eps_c - eps_u)."""
+def guide(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Classifier-free guidance (spec Part B 3 and Part A 1.6): eps = eps_u + gamma (eps_c - eps_u).
+
+    Shapes: eps_uncond and eps_cond alike (any shape); gamma 1 is the conditional estimate, 0 the unconditional."""
     return eps_uncond + gamma * (eps_cond - eps_uncond)
 
 
@@ -300,7 +302,7 @@ def time_eps_fn(model: nn.Module, schedule: DDPMSchedule) -> EpsFn:
     return lambda x, t: model(x, schedule.time_input(t))
 
 
-def cfg_eps_fn(model: nn.Module, schedule: DDPMSchedule, labels: torch.Tensor, gamma: float) -> EpsFn:
+def guided_eps_fn(model: nn.Module, schedule: DDPMSchedule, labels: torch.Tensor, gamma: float) -> EpsFn:
     """Guided noise estimate for the class-conditioned UNet; c = 0 is the unconditional pass."""
     c = one_hot(labels, model.num_classes)
 
@@ -308,6 +310,6 @@ def cfg_eps_fn(model: nn.Module, schedule: DDPMSchedule, labels: torch.Tensor, g
         cc = c.to(device=x.device, dtype=x.dtype)
         both = model(torch.cat([x, x]), schedule.time_input(torch.cat([t, t])), torch.cat([cc, torch.zeros_like(cc)]))
         eps_c, eps_u = both.chunk(2)
-        return cfg(eps_u, eps_c, gamma)
+        return guide(eps_u, eps_c, gamma)
 
     return eps_fn

@@ -1,7 +1,8 @@
-"""Speed levers for training and sampling (config: `FastPath`), each one computing the plain step.
+"""Speed levers for training and sampling (`Speed`; the typed config is `difflab.config.FastPath`), each one
+computing the plain step.
 
-Training: `make_optimizer` and `TrainStep` replace `Adam(...)` and the forward/backward/step of
-the loop. Levers: channels_last, torch.compile (full batches), and on CUDA bf16 autocast, TF32,
+Training: `make_optimizer` builds the Adam of train.fit, and `TrainStep` optionally replaces the plain
+step fit writes out (zero_grad, forward, backward, step) for a full batch. Levers: channels_last, torch.compile (full batches), and on CUDA bf16 autocast, TF32,
 cuDNN autotuning, fused Adam and the whole step captured as one CUDA graph with static batch
 buffers. Sampling: `sampling_model` folds BatchNorm into the convolutions of an eval copy and
 `graph_eps_fn` replays the guided noise estimate as a CUDA graph.
@@ -17,12 +18,10 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, Union
 
 import torch
 from torch import nn
-
-from difflab.config import FastPath
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,35 @@ GRAPH_WARMUP_STEPS = 3
 """Eager steps on a side stream before capture (allocator and cuDNN warm-up); their effect is undone."""
 
 
+Lever = Union[bool, Literal["auto"]]
+"""A lever's value: on, off, or `auto` (decided on the machine at hand by difflab.planning / autotune)."""
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed levers as asked for, as plain values: `difflab.config.FastPath` without pydantic (the same
+    fields, documented there, where their defaults live too; built at the edge with `FastPath.speed()`).
+    `Levers.resolve` turns it into the levers in effect on one device."""
+
+    enabled: bool
+    channels_last: Lever
+    compile: Lever
+    cuda_graph: Lever
+    amp: Literal["auto", "none", "bf16"]
+    tf32: Lever
+    cudnn_benchmark: bool
+    fused_adam: bool
+    sample_channels_last: Lever
+    sample_fold_bn: bool
+    sample_jit: Lever
+    sample_compile: Lever
+    sample_cuda_graph: Lever
+    sample_amp: Literal["auto", "none", "bf16"]
+
+
 @dataclass(frozen=True)
 class Levers:
-    """The levers in effect on one device: a FastPath with the ones that do not apply switched off."""
+    """The levers in effect on one device: a `Speed` with the ones that do not apply switched off."""
 
     channels_last: bool = False
     compile: bool = False
@@ -49,8 +74,9 @@ class Levers:
     sample_amp: bool = False
 
     @classmethod
-    def resolve(cls, fast: FastPath | None, device: torch.device | str) -> "Levers":
-        """The levers in effect. A FastPath still holding `auto` (one that difflab.planning has not resolved
+    def resolve(cls, fast: Speed | None, device: torch.device | str) -> "Levers":
+        """The levers in effect. `fast` is a Speed (or anything with its fields, such as the config's FastPath).
+        One still holding `auto` (one that difflab.planning has not resolved
         by a probe) takes the hardware's answer for bf16 and TF32 and leaves the probed levers off."""
         if fast is None or not fast.enabled:
             return cls()
@@ -137,11 +163,12 @@ def after_optimizer_load(optimizer: torch.optim.Optimizer, levers: Levers, devic
 
 
 class TrainStep:
-    """One optimizer step on a batch; returns the loss as a device tensor (no host sync).
-
-    Plain: loss_fn, zero_grad, backward, Adam step, exactly the old loop. The levers change how,
-    never what: the compiled model shares the parameters; the CUDA graph replays the same ops.
-    """
+    """The optional replacement of train.fit's plain optimizer step: for a full batch, the whole step captured
+    as a CUDA graph and replayed, or run through the torch.compile'd network. `takes(x)` says whether it
+    replaces the step for this batch; calling it runs the step and returns the loss as a device tensor (no
+    host sync). The levers change how, never what: the compiled model shares the parameters; the CUDA graph
+    replays the same ops. A capture or compile that fails falls back to the plain step, here (`eager`, also
+    the graph's warm-up), with the generator restored."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, gen: torch.Generator,
                  levers: Levers, device: torch.device, batch_size: int):
@@ -157,6 +184,15 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_failed = False
         self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def takes(self, x: torch.Tensor) -> bool:
+        """Whether this batch's step is taken here (a full batch with a graph or a compiled network on)."""
+        full = x.shape[0] == self.batch_size
+        return full and ((self.levers.cuda_graph and not self.graph_failed) or self.compiled is not None)
+
+    def autocast(self):
+        """bf16 autocast of the forward when the amp lever is on, else a no-op context."""
+        return self._autocast()
 
     def _autocast(self):
         if self.levers.amp:

@@ -25,6 +25,14 @@ log = logging.getLogger("difflab")
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_MESSAGES = ("no space left on device", "database or disk is full", "disk quota exceeded")
 """How a full disk reads in errors that lost their errno (SQLite through SQLAlchemy, torch's C++ writer)."""
+WORKDIR_ENV = "DIFFLAB_WORKDIR"
+
+
+def workdir() -> Path:
+    """The one folder for data, checkpoints, caches and inputs: $DIFFLAB_WORKDIR, else ./.difflab."""
+    return Path(os.environ.get(WORKDIR_ENV) or ".difflab")
+
+
 LOW_SPACE_BYTES = 16 * 2**20
 """Below this much free space, a failed write is taken to be a full disk (torch's writer hides the errno)."""
 

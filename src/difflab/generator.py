@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from difflab.config import FastPath
+from difflab.fastpath import Speed
 from difflab.sampling import draw, schedule_from_extra
 from difflab.stages import STAGES
 from difflab.train import load_model, pick_device
@@ -129,7 +129,7 @@ class DigitGenerator:
         config = extra.get("config", {})
         self.conditional = bool(getattr(STAGES[extra["stage"]], "conditional", False))
         self.default_guidance = float(config.get("guidance", 0.0)) if self.conditional else 0.0
-        self.fast = FastPath(**config["fast"]) if "fast" in config else None
+        self.fast = Speed(**config["fast"]) if "fast" in config else None
         self.clip_x0 = bool(config.get("clip_x0", False))
 
     @property

@@ -145,6 +145,9 @@ PROMOTION_TAG = "difflab.promotion"
 """On the Part B parent run: whether and why its models became the champion."""
 RUN_NAME_TAG = "tags.mlflow.runName"
 """MLflow's run name as a `search_runs` column (the comparison's row label)."""
+PROFILE_OVERRIDES_TAG = "profile_overrides"
+"""On a Part B run: the values that differ from its profile (`k=v, ...`, or none), so a run's recorded profile
+is never contradicted by its params unseen."""
 
 # ----------------------------------------------------------------- what each run logs (the page's contract)
 OPTIONAL_IMAGES = frozenset({DENOISE_RESTORING})

@@ -257,7 +257,7 @@ def _train_runner(stage, scfg: TrainConfig, schedule, x: torch.Tensor, y: torch.
 
 
 def _sample_runner(stage, scfg, schedule, batch: int, device: torch.device):
-    from difflab.ddpm import cfg_eps_fn, time_eps_fn
+    from difflab.ddpm import guided_eps_fn, time_eps_fn
 
     torch.manual_seed(PROBE_SEED)
     model = build_model(stage.model_kind, hidden=scfg.hidden).to(device).eval()
@@ -274,7 +274,7 @@ def _sample_runner(stage, scfg, schedule, batch: int, device: torch.device):
         mode = torch.inference_mode if fast.enabled else torch.no_grad  # as sampling.draw
         with mode(), fastpath.cuda_backends(levers):
             net = fastpath.sampling_model(model, levers)
-            eps = cfg_eps_fn(net, schedule, labels, scfg.guidance) if labels is not None else time_eps_fn(net, schedule)
+            eps = guided_eps_fn(net, schedule, labels, scfg.guidance) if labels is not None else time_eps_fn(net, schedule)
             if levers.sample_channels_last:
                 inner = eps
                 eps = lambda a, b: inner(a.contiguous(memory_format=torch.channels_last), b)  # noqa: E731

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from difflab import fastpath
-from difflab.config import FastPath
-from difflab.ddpm import DDPMSchedule, cfg_eps_fn, kept_timesteps, sample, time_eps_fn
+from difflab.ddpm import DDPMSchedule, guided_eps_fn, kept_timesteps, sample, time_eps_fn
 from difflab.unet import IMAGE_SIZE, NUM_CLASSES
 
 DATA_RANGE = (0.0, 1.0)
@@ -46,7 +45,7 @@ def frames_every(num_timesteps: int, frames: int) -> int:
 
 @torch.no_grad()
 def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels: torch.Tensor | None = None,
-         guidance: float = 0.0, frames: int = 0, fast: FastPath | None = None, clip_x0: bool = False) -> Samples:
+         guidance: float = 0.0, frames: int = 0, fast: fastpath.Speed | None = None, clip_x0: bool = False) -> Samples:
     """n samples (one per label when labels are given, guided with classifier-free guidance).
 
     `fast` picks the speed levers (None or disabled: the plain network); the noise is the same either way."""
@@ -64,7 +63,7 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
         if labels is None:
             eps_fn = time_eps_fn(net, schedule)
         else:
-            eps_fn = cfg_eps_fn(net, schedule, labels.to(device), guidance)
+            eps_fn = guided_eps_fn(net, schedule, labels.to(device), guidance)
         if levers.sample_channels_last:
             plain_eps = eps_fn
             eps_fn = lambda x, t: plain_eps(x.contiguous(memory_format=torch.channels_last), t)  # noqa: E731
@@ -81,7 +80,7 @@ def draw(model: nn.Module, schedule: DDPMSchedule, n: int, seed: int = 0, labels
 
 def draw_batched(model: nn.Module, schedule: DDPMSchedule, n: int, batch: int, seed: int = 0,
                  labels: torch.Tensor | None = None, guidance: float = 0.0,
-                 fast: FastPath | None = None, clip_x0: bool = False) -> torch.Tensor:
+                 fast: fastpath.Speed | None = None, clip_x0: bool = False) -> torch.Tensor:
     """Many samples in batches (batch k seeded seed + k * batch), for evaluation."""
     out = []
     for i in range(0, n, batch):

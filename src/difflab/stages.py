@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -20,12 +21,16 @@ from torch import nn
 
 from difflab import viz
 from difflab import names
-from difflab.config import DDPMConfig, DenoiserConfig, EvalConfig, PartBConfig, TrainConfig
 from difflab.ddpm import DDPMSchedule, add_gaussian_noise, ddpm_loss, denoiser_loss
-from difflab.metrics import Judge, class_agreement, denoiser_metrics, frechet_vs_real, judge_predict
+from difflab.judge import Judge, judge_predict
+from difflab.metrics import class_agreement, denoiser_metrics, frechet_vs_real
 from difflab.sampling import Samples, digit_labels, draw, draw_batched, schedule_from_extra
-from difflab.train import LossFn, load_model
+from difflab.train import LossFn, TrainingPlan, TrainSettings, load_model
 from difflab.unet import MODEL_CLASSES, NUM_CLASSES
+
+if TYPE_CHECKING:  # annotations only: a stage reads its typed config's values, so at run time this module (and
+    # the served generator, which looks its stage up here) loads no pydantic (tests/test_import_graph.py)
+    from difflab.config import DDPMConfig, DenoiserConfig, EvalConfig, PartBConfig, TrainConfig
 
 Figures = dict[str, Image.Image]
 """Deliverable images by name (the MLflow image key)."""
@@ -84,6 +89,12 @@ class Stage:
 
     def checkpoint_extra(self, scfg: TrainConfig) -> dict:
         return {"stage": self.key, "config": scfg.model_dump(mode="json")}
+
+    def train_settings(self, scfg: TrainConfig, plan: TrainingPlan, seed: int = 0,
+                       device: torch.device | str = "cpu") -> TrainSettings:
+        """The plain settings train.fit takes, from this stage's typed config (the edge where pydantic ends)."""
+        return TrainSettings(self.model_kind, {"hidden": scfg.hidden}, plan, scfg.lr, scfg.batch_size, seed=seed,
+                             device=device, fast=scfg.fast.speed(), ema_decay=scfg.ema_decay)
 
     def loss(self, scfg: TrainConfig, schedule: DDPMSchedule | None) -> LossFn:
         raise NotImplementedError
@@ -195,7 +206,7 @@ class DDPMStage(Stage):
 
     def figures_at_epoch(self, model, scfg: DDPMConfig, schedule, test_x, seed, epoch) -> Figures:
         labels = self._grid_labels(scfg)
-        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast,
+        x = draw(model, schedule, scfg.num_samples, seed, labels, scfg.guidance, fast=scfg.fast.speed(),
                  clip_x0=scfg.clip_x0).images
         if labels is None:
             return {names.SNAPSHOT_SAMPLES: viz.grid(x, nrow=min(10, scfg.num_samples), scale=3)}
@@ -206,7 +217,7 @@ class DDPMStage(Stage):
     def samples(self, trained, scfg: DDPMConfig, seed) -> tuple[Samples, int, str]:
         labels = self._grid_labels(scfg)
         s = draw(trained.model, trained.schedule, scfg.num_samples, seed, labels, scfg.guidance, scfg.gif_frames,
-                 fast=scfg.fast, clip_x0=scfg.clip_x0)
+                 fast=scfg.fast.speed(), clip_x0=scfg.clip_x0)
         if labels is None:
             return s, min(10, scfg.num_samples), "time-conditioned samples"
         return s, scfg.samples_per_class, f"guidance {scfg.guidance}: {scfg.samples_per_class} of each digit"
@@ -217,7 +228,7 @@ class DDPMStage(Stage):
         the judge's readings spread over the ten digits (the rarest digit's share: 0.1 is a perfect spread)."""
         labels = torch.arange(ev.num_samples) % NUM_CLASSES if self.conditional else None
         x = draw_batched(trained.model, trained.schedule, ev.num_samples, ev.sample_batch_size, seed, labels,
-                         scfg.guidance, fast=scfg.fast, clip_x0=scfg.clip_x0)
+                         scfg.guidance, fast=scfg.fast.speed(), clip_x0=scfg.clip_x0)
         fd = frechet_vs_real(judge, x, real_train, real_test, seed=seed)
         k = self.key
         out = Evaluation(metrics={names.frechet(k): fd["frechet"], names.frechet_floor(k): fd["frechet_real_floor"]},

@@ -1,7 +1,8 @@
-"""One training loop for all three networks: shuffled batches from tensors already on
-the device, Adam, ExponentialLR stepped once per epoch, a checkpoint after every
-checkpoint epoch, and resume from the last one (so a retried task picks up where
-it stopped).
+"""One training loop for all three networks (`fit`), read straight down as DiT's and nanoGPT's: shuffled
+batches from tensors already on the device; zero_grad, forward and loss, backward, Adam step; ExponentialLR
+stepped once per epoch; a checkpoint after every checkpoint epoch, and resume from the last one (so a
+retried task picks up where it stopped). The CUDA-graph / compiled step is fastpath.TrainStep, an optional
+replacement of the plain step. Plain PyTorch: fit takes `TrainSettings` and `TrainInputs` dataclasses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from difflab import fastpath
-from difflab.config import COURSE_TRAIN_IMAGES, FastPath
+from difflab.spec import COURSE_TRAIN_IMAGES
 from difflab.files import CorruptFileError, atomic_torch_save, set_aside, torch_load
 from difflab.unet import build_model
 
@@ -161,93 +162,129 @@ def checkpoint_epochs(plan: TrainingPlan) -> set[int]:
     return {e for e in range(1, plan.epochs + 1) if e % every == 0} | {plan.epochs}
 
 
-def fit(
-    kind: str,
-    model_kwargs: dict,
-    loss_fn: LossFn,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    plan: TrainingPlan,
-    lr: float,
-    batch_size: int,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    checkpoint_dir: Path | None = None,
-    on_epoch_end: Callable[[nn.Module, EpochResult], None] | None = None,
-    extra: dict | None = None,
-    fast: FastPath | None = None,
-    ema_decay: float = 0.0,
-) -> TrainResult:
-    """Train from scratch or from checkpoint_dir/last.pt. `fast` picks the speed levers (None: the plain loop);
-    per-step losses stay on the device and reach the host once per epoch. With ema_decay > 0 the network
-    handed to on_epoch_end, saved in the epoch checkpoints and returned is the weights' moving average."""
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    levers = fastpath.Levers.resolve(fast, device)
-    with fastpath.cuda_backends(levers):
-        return _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed, device, checkpoint_dir,
-                    on_epoch_end, extra, levers, ema_decay)
+@dataclass(frozen=True)
+class TrainSettings:
+    """What a training run is, as plain values (built at the edge from the stage's TrainConfig: stages.py's
+    `Stage.train_settings`)."""
+
+    kind: str
+    """The network (unet.MODEL_CLASSES key): unconditional, time or class."""
+    model_kwargs: dict
+    """Its constructor's arguments, e.g. {"hidden": 64}."""
+    plan: TrainingPlan
+    lr: float
+    """Adam's learning rate (the spec's: 1e-4 denoiser, 1e-3 DDPMs); decayed by plan.lr_gamma every epoch."""
+    batch_size: int
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    fast: fastpath.Speed | None = None
+    """The speed levers (None or not enabled: the plain loop)."""
+    ema_decay: float = 0.0
+    """> 0: the network handed to on_epoch_end, saved in the epoch checkpoints and returned is the weights'
+    moving average (EMA)."""
 
 
-def _fit(kind, model_kwargs, loss_fn, images, labels, plan, lr, batch_size, seed, device, checkpoint_dir,
-         on_epoch_end, extra, levers: fastpath.Levers, ema_decay: float = 0.0) -> TrainResult:
-    model = fastpath.prepare_model(build_model(kind, **model_kwargs).to(device), levers)
-    ema = EMA(model, ema_decay) if ema_decay > 0 else None
-    optimizer = fastpath.make_optimizer(model, lr, levers, device)
+@dataclass
+class TrainInputs:
+    """What a training run is given: the data, the loss, and where its epochs go."""
+
+    images: torch.Tensor
+    """(N, 1, 28, 28) float in [0, 1]."""
+    labels: torch.Tensor
+    """(N,) digits 0..9 (ignored by the losses that do not condition on them)."""
+    loss_fn: LossFn
+    checkpoint_dir: Path | None = None
+    """last.pt (resume) and epoch_NNNN.pt go here; None: no checkpoints, no resume."""
+    on_epoch_end: Callable[[nn.Module, EpochResult], None] | None = None
+    extra: dict | None = None
+    """Stored in every checkpoint (the stage's config and schedule), for load_model's caller."""
+
+
+def fit(settings: TrainSettings, inputs: TrainInputs) -> TrainResult:
+    """Train from scratch or from checkpoint_dir/last.pt: shuffled batches, Adam, ExponentialLR per epoch.
+
+    The optimizer step is the spec's plain one below (zero_grad, forward and loss, backward, step); with
+    `settings.fast` a CUDA-graph replay or a compiled network (fastpath.TrainStep) may take a full batch's
+    step instead, computing the same step. Per-step losses stay on the device and reach the host once per
+    epoch. Raises ValueError on an empty training set."""
+    s, kind, plan, batch_size = settings, settings.kind, settings.plan, settings.batch_size
+    device = torch.device(s.device)
+    torch.manual_seed(s.seed)
+    levers = fastpath.Levers.resolve(s.fast, device)
+    model = fastpath.prepare_model(build_model(kind, **s.model_kwargs).to(device), levers)
+    ema = EMA(model, s.ema_decay) if s.ema_decay > 0 else None
+    optimizer = fastpath.make_optimizer(model, s.lr, levers, device)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=plan.lr_gamma)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    images, labels = images.to(device), labels.to(device)
+    gen = torch.Generator(device=device).manual_seed(s.seed)
+    shuffle_gen = torch.Generator().manual_seed(s.seed)
+    images, labels, loss_fn = inputs.images.to(device), inputs.labels.to(device), inputs.loss_fn
     n = images.shape[0]
     if n == 0:
         raise ValueError("no training images; check the data stage's output")
 
-    start_epoch, losses = 0, []
-    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    state = load_resume_state(last, device) if last is not None else None
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["gen_state"] is not None:
-            gen.set_state(state["gen_state"].cpu())
-        shuffle_gen.set_state(state["shuffle_state"].cpu())
-        start_epoch, losses = state["epoch"], state["losses"]
-        if ema is not None:
-            ema.model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
+    last = inputs.checkpoint_dir / "last.pt" if inputs.checkpoint_dir else None
+    start_epoch, losses = _resume(last, device, model, optimizer, scheduler, gen, shuffle_gen, ema)
     fastpath.after_optimizer_load(optimizer, levers, device)
     captured_lrs = [g["lr"] for g in optimizer.param_groups]
-    train_step = fastpath.TrainStep(model, optimizer, loss_fn, gen, levers, device, batch_size)
+    fast_step = fastpath.TrainStep(model, optimizer, loss_fn, gen, levers, device, batch_size)
 
     ckpt_epochs = checkpoint_epochs(plan)
     step = start_epoch * plan.steps_per_epoch
-    for epoch in range(start_epoch + 1, plan.epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=shuffle_gen).to(device)
-        lr_now = float(optimizer.param_groups[0]["lr"])
-        step_losses = torch.empty(math.ceil(n / batch_size), device=device)
-        for j, i in enumerate(range(0, n, batch_size)):
-            idx = perm[i:i + batch_size]
-            step_losses[j] = train_step(fastpath.to_layout(images[idx], levers), labels[idx])
-            step += 1
+    with fastpath.cuda_backends(levers):
+        for epoch in range(start_epoch + 1, plan.epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=shuffle_gen).to(device)
+            lr_now = float(optimizer.param_groups[0]["lr"])
+            step_losses = torch.empty(math.ceil(n / batch_size), device=device)
+            for j, i in enumerate(range(0, n, batch_size)):
+                idx = perm[i:i + batch_size]
+                x, y = fastpath.to_layout(images[idx], levers), labels[idx]
+                if fast_step.takes(x):  # optional: the same step as a CUDA-graph replay or a compiled network
+                    loss = fast_step(x, y)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    with fast_step.autocast():  # bf16 autocast when the amp lever is on, else nothing
+                        loss = loss_fn(model, x, y, gen)  # forward and loss
+                    loss.backward()
+                    optimizer.step()
+                step_losses[j] = loss.detach()
+                step += 1
+                if ema is not None:
+                    ema.update(model, step)
+            epoch_losses = step_losses[:j + 1].tolist()  # one host sync per epoch, not per step
+            scheduler.step()
+            fastpath.sync_lr(optimizer, captured_lrs)
+            losses.extend(epoch_losses)
             if ema is not None:
-                ema.update(model, step)
-        epoch_losses = step_losses[:j + 1].tolist()  # one host sync per epoch, not per step
-        scheduler.step()
-        fastpath.sync_lr(optimizer, captured_lrs)
-        losses.extend(epoch_losses)
-        if ema is not None:
-            ema.copy_buffers(model)
-        used = ema.model if ema is not None else model  # what the epoch's figures and checkpoints show
-        ckpt = None
-        if checkpoint_dir is not None:
-            state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         gen_state=fastpath.generator_state(gen), shuffle_state=shuffle_gen.get_state(),
-                         epoch=epoch, losses=losses, ema_state_dict=ema.model.state_dict() if ema else None)
-            save_checkpoint(last, model, kind, extra, **state)
-            if epoch in ckpt_epochs:
-                ckpt = save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", used, kind, extra, epoch=epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(used, EpochResult(epoch, epoch_losses, lr_now, step, ckpt))
+                ema.copy_buffers(model)
+            used = ema.model if ema is not None else model  # what the epoch's figures and checkpoints show
+            ckpt = None
+            if last is not None:
+                state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                             gen_state=fastpath.generator_state(gen), shuffle_state=shuffle_gen.get_state(),
+                             epoch=epoch, losses=losses, ema_state_dict=ema.model.state_dict() if ema else None)
+                save_checkpoint(last, model, kind, inputs.extra, **state)
+                if epoch in ckpt_epochs:
+                    ckpt = save_checkpoint(last.parent / f"epoch_{epoch:04d}.pt", used, kind, inputs.extra, epoch=epoch)
+            if inputs.on_epoch_end is not None:
+                inputs.on_epoch_end(used, EpochResult(epoch, epoch_losses, lr_now, step, ckpt))
     model.eval()
     return TrainResult(model=ema.model if ema is not None else model, losses=losses, resumed_from_epoch=start_epoch)
+
+
+def _resume(last: Path | None, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler, gen: torch.Generator, shuffle_gen: torch.Generator, ema: EMA | None) -> tuple[int, list[float]]:
+    """Load last.pt into the training's state (weights, optimizer, scheduler, both generators, EMA) when there is
+    one; returns (epochs done, their per-step losses), (0, []) for a fresh start."""
+    state = load_resume_state(last, device) if last is not None else None
+    if state is None:
+        return 0, []
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["gen_state"] is not None:
+        gen.set_state(state["gen_state"].cpu())
+    shuffle_gen.set_state(state["shuffle_state"].cpu())
+    if ema is not None:
+        ema.model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
+    return state["epoch"], state["losses"]

@@ -14,6 +14,11 @@ IMAGE_SIZE = 28
 NUM_CLASSES = 10
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) as MNIST stores them -> float (N, 1, 28, 28) in [0, 1], the networks' input."""
+    return images.float().div(255.0).unsqueeze(1)
+
+
 class Conv(nn.Sequential):
     """Conv2d k3 s1 p1 -> BatchNorm2d -> GELU; keeps the spatial size."""
 

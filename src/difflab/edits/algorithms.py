@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA, PART_A_SEED
+from difflab.spec import (HYBRID_KERNEL_SIZE, HYBRID_SIGMA, NUM_INFERENCE_STEPS, PART_A_GUIDANCE, PART_A_I_START, PART_A_SEED,
+                          PART_A_SHOW_EVERY)
 from difflab.ddpm import AfterStep, DDPMSchedule, add_noise, denoise, predict_x0
 from difflab.edits.backend import Backend, num_timesteps
 from difflab.edits.guidance import (EstimateFn, anagram_estimate, conditional, get_view, guided,
@@ -81,7 +82,7 @@ def schedule_of(backend: Backend) -> DDPMSchedule:
 
 @torch.no_grad()
 def iterative_denoise(backend: Backend, x_t: torch.Tensor, estimate: EstimateFn, timesteps: Sequence[int],
-                      i_start: int = 0, gen: torch.Generator | None = None, keep_every: int = 5,
+                      i_start: int = 0, gen: torch.Generator | None = None, keep_every: int = PART_A_SHOW_EVERY,
                       after_step: AfterStep | None = None) -> DenoiseResult:
     """The A.3 update from timesteps[i_start] down to the clean image: `ddpm.denoise`, the same loop as
     Part B's Algorithm B.2, over the strided timesteps.
@@ -155,8 +156,8 @@ def one_step_denoise(backend: Backend, noisy: dict[int, torch.Tensor], cond: Con
     return out
 
 
-def denoise_noisy_image(backend: Backend, image: torch.Tensor, i_start: int = 10, cond: Condition | None = None,
-                        gamma: float | None = None, seed: int = SEED, keep_every: int = 5,
+def denoise_noisy_image(backend: Backend, image: torch.Tensor, i_start: int = PART_A_I_START, cond: Condition | None = None,
+                        gamma: float | None = None, seed: int = SEED, keep_every: int = PART_A_SHOW_EVERY,
                         stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """Section 1.4: noise image to timesteps[i_start], then denoise iteratively (result.start is the noisy input)."""
     ts = strided_timesteps(num_timesteps(backend), reference_stride=stride)
@@ -179,7 +180,7 @@ class Restoration:
     mse_one_step: float
 
 
-def compare_at(backend: Backend, image: torch.Tensor, i_start: int, seed: int = SEED, keep_every: int = 5,
+def compare_at(backend: Backend, image: torch.Tensor, i_start: int, seed: int = SEED, keep_every: int = PART_A_SHOW_EVERY,
                stride: int = REFERENCE_STRIDE) -> Restoration:
     """Noise image to strided step i_start; denoise it iteratively (A.3) and in one step (1.3); MSE of each
     to the original (mean over pixels, in the backend's value range)."""
@@ -191,7 +192,7 @@ def compare_at(backend: Backend, image: torch.Tensor, i_start: int, seed: int = 
     return Restoration(i_start, t, res, one, mse(res.image), mse(one))
 
 
-def first_restoring(backend: Backend, image: torch.Tensor, i_start: int, seed: int = SEED, keep_every: int = 5,
+def first_restoring(backend: Backend, image: torch.Tensor, i_start: int, seed: int = SEED, keep_every: int = PART_A_SHOW_EVERY,
                     stride: int = REFERENCE_STRIDE) -> Restoration | None:
     """The noisiest strided step after i_start from which the iterative loop restores the image rather than
     generates another one: the first i > i_start whose iterative MSE is at most the one-step MSE (one-step
@@ -205,8 +206,8 @@ def first_restoring(backend: Backend, image: torch.Tensor, i_start: int, seed: i
     return None
 
 
-def sample(backend: Backend, cond: Condition | None = None, num: int = 1, gamma: float | None = 7.0,
-           seed: int = SEED, timesteps: Sequence[int] | None = None, keep_every: int = 5,
+def sample(backend: Backend, cond: Condition | None = None, num: int = 1, gamma: float | None = PART_A_GUIDANCE,
+           seed: int = SEED, timesteps: Sequence[int] | None = None, keep_every: int = PART_A_SHOW_EVERY,
            stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """Images from pure noise (i_start = 0); gamma=None samples without guidance (section 1.5)."""
     ts = list(timesteps) if timesteps is not None else strided_timesteps(num_timesteps(backend),
@@ -216,8 +217,8 @@ def sample(backend: Backend, cond: Condition | None = None, num: int = 1, gamma:
     return iterative_denoise(backend, x_T, estimator(backend, cond, gamma), ts, 0, gen, keep_every)
 
 
-def sample_at_steps(backend: Backend, conds: Sequence[Condition], steps: Sequence[int] = (20, 50),
-                    gamma: float | None = 7.0, seed: int = SEED) -> dict[int, torch.Tensor]:
+def sample_at_steps(backend: Backend, conds: Sequence[Condition], steps: Sequence[int] = NUM_INFERENCE_STEPS,
+                    gamma: float | None = PART_A_GUIDANCE, seed: int = SEED) -> dict[int, torch.Tensor]:
     """Section 0: one sample per condition at each num_inference_steps; {steps: (len(conds), C, H, W)}."""
     T = num_timesteps(backend)
     out = {}
@@ -228,7 +229,7 @@ def sample_at_steps(backend: Backend, conds: Sequence[Condition], steps: Sequenc
 
 
 def sdedit(backend: Backend, image: torch.Tensor, cond: Condition | None = None,
-           i_starts: Sequence[int] = SDEDIT_I_STARTS, gamma: float | None = 7.0,
+           i_starts: Sequence[int] = SDEDIT_I_STARTS, gamma: float | None = PART_A_GUIDANCE,
            seed: int = SEED, stride: int = REFERENCE_STRIDE) -> dict[int, torch.Tensor]:
     """Noise image to timesteps[i_start] and denoise with CFG, for each i_start: {i_start: edited}.
 
@@ -250,7 +251,7 @@ image_to_image = sdedit
 
 
 def inpaint(backend: Backend, image: torch.Tensor, mask: torch.Tensor, cond: Condition | None = None,
-            gamma: float | None = 7.0, seed: int = SEED, keep_every: int = 5,
+            gamma: float | None = PART_A_GUIDANCE, seed: int = SEED, keep_every: int = PART_A_SHOW_EVERY,
             stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """Fill the mask (1 = new content) from pure noise; after every step
     x_t <- m x_t + (1 - m) forward(x_orig, t), so the rest ends equal to the original."""
@@ -268,7 +269,7 @@ def inpaint(backend: Backend, image: torch.Tensor, mask: torch.Tensor, cond: Con
     return iterative_denoise(backend, x_T, estimator(backend, cond, gamma), ts, 0, gen, keep_every, project)
 
 
-def anagram(backend: Backend, cond1: Condition, cond2: Condition, view: str = "flip", gamma: float | None = 7.0,
+def anagram(backend: Backend, cond1: Condition, cond2: Condition, view: str = "flip", gamma: float | None = PART_A_GUIDANCE,
             num: int = 1, seed: int = SEED, stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """A visual anagram: reads as cond1, and as cond2 after `view` (flip, rot90, rot180)."""
     get_view(view)
@@ -278,7 +279,7 @@ def anagram(backend: Backend, cond1: Condition, cond2: Condition, view: str = "f
     return iterative_denoise(backend, randn((num, *backend.image_shape), gen), estimate, ts, 0, gen)
 
 
-def hybrid(backend: Backend, cond_low: Condition, cond_high: Condition, gamma: float | None = 7.0,
+def hybrid(backend: Backend, cond_low: Condition, cond_high: Condition, gamma: float | None = PART_A_GUIDANCE,
            kernel_size: int = HYBRID_KERNEL_SIZE, sigma: float = HYBRID_SIGMA, num: int = 1, seed: int = SEED,
            stride: int = REFERENCE_STRIDE) -> DenoiseResult:
     """A hybrid image: cond_low's low frequencies (seen from afar) with cond_high's high frequencies."""

@@ -16,13 +16,12 @@ from typing import Any, Sequence
 
 import torch
 
-from difflab.config import PART_A_SEED, workdir
+from difflab.files import workdir
+from difflab.spec import IF_STAGE1 as STAGE1
+from difflab.spec import IF_STAGE2 as STAGE2
+from difflab.spec import NEUTRAL_PROMPT, PART_A_SEED, UNCONDITIONAL_PROMPT
 from difflab.edits.backend import BackendUnavailable, NoiseEstimate
 
-STAGE1 = "DeepFloyd/IF-I-XL-v1.0"
-STAGE2 = "DeepFloyd/IF-II-L-v1.0"
-NEUTRAL_PROMPT = "a high quality photo"
-UNCONDITIONAL_PROMPT = ""
 NO_EXTRAS = dict(text_encoder=None, tokenizer=None, safety_checker=None, watermarker=None,
                  feature_extractor=None, requires_safety_checker=False)
 

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from difflab.config import HYBRID_KERNEL_SIZE, HYBRID_SIGMA
-from difflab.ddpm import cfg
+from difflab.spec import HYBRID_KERNEL_SIZE, HYBRID_SIGMA
+from difflab.ddpm import guide
 from difflab.edits.backend import Backend, NoiseEstimate
 
 EstimateFn = Callable[[torch.Tensor, int], NoiseEstimate]
@@ -52,7 +52,7 @@ def guided(backend: Backend, cond: torch.Tensor, gamma: float, uncond: torch.Ten
         both = backend.predict(torch.cat([x, x]), t, torch.cat([_batch(cond, b), _batch(uncond, b)]))
         eps_c, eps_u = both.eps.chunk(2)
         var = None if both.variance is None else both.variance.chunk(2)[0]
-        return NoiseEstimate(cfg(eps_u, eps_c, gamma), var)
+        return NoiseEstimate(guide(eps_u, eps_c, gamma), var)
 
     return estimate
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from difflab import stages
 from difflab.ddpm import DDPMSchedule
 from difflab.edits.backend import NoiseEstimate
+from difflab.sampling import schedule_from_extra
+from difflab.train import load_model
 from difflab.unet import ClassConditionalUNet, one_hot
 
 UNCONDITIONAL_NAMES = ("", "uncond")
@@ -37,8 +38,15 @@ class MnistBackend:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> "MnistBackend":
         """A checkpoint written by the training flow; it records the DDPM schedule it was trained with."""
-        trained = stages.load(path, device)
-        return cls(trained.model, trained.schedule, device)
+        model, extra = load_model(path, device)
+        if not isinstance(model, ClassConditionalUNet):
+            return cls(model, None, device)  # type: ignore[arg-type]  (refused there, in one line)
+        try:
+            schedule = schedule_from_extra(extra)
+        except KeyError as exc:
+            raise ValueError(f"checkpoint {path} lacks the schedule key {exc} in its extra dict; use a checkpoint "
+                             "written by the training flow") from None
+        return cls(model, schedule, device)
 
     def condition(self, name: str) -> torch.Tensor:
         if name in UNCONDITIONAL_NAMES:

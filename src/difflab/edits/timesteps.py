@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from difflab.config import PART_A_STRIDE
+from difflab.spec import FORWARD_TIMESTEPS, PART_A_STRIDE, SDEDIT_I_STARTS  # noqa: F401  (re-exported)
 
 REFERENCE_T = 1000
 REFERENCE_STRIDE = PART_A_STRIDE
-FORWARD_TIMESTEPS = (250, 500, 750)
-SDEDIT_I_STARTS = (1, 3, 5, 7, 10, 20)
 
 
 def strided_timesteps(num_timesteps: int, stride: int | None = None,

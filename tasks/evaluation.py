@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import names, planning, stages, tracking
+from difflab import evaluation_plan, names, planning, stages, tracking
 from difflab.config import PartBConfig
 from difflab.data import MnistData, to_float
 from difflab.files import CorruptFileError, set_aside
@@ -57,7 +57,7 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
     real_train, real_test = to_float(mnist.train_images), to_float(mnist.test_images)
     plans = {key: planning.resolve_stage(cfg, stages.STAGES[key], real_train, mnist.train_labels, device)
              for key in refs}
-    eplan = planning.plan_evaluation(cfg, plans)
+    eplan = evaluation_plan.plan_evaluation(cfg, plans)
     ev = cfg.evaluation.model_copy(update={"num_samples": eplan.num_samples})
     logger.info(eplan.announce())
     with tracking.run("evaluation", cfg.tracking.experiment, parent_run_id,
@@ -97,12 +97,12 @@ def evaluate(cfg: PartBConfig, data: DataRef, refs: dict[str, StageRef], parent_
     return headline
 
 
-def _replan(cfg: PartBConfig, eplan: planning.EvalPlan, parent_run_id: str, logger):
-    """The samples re-planned from the budget left since the Part B run started (planning.fit_time_left);
+def _replan(cfg: PartBConfig, eplan: evaluation_plan.EvalPlan, parent_run_id: str, logger):
+    """The samples re-planned from the budget left since the Part B run started (evaluation_plan.fit_time_left);
     logs `num_samples` and `plan.*` (the final number), returns (plan, evaluation config)."""
     start_ms = tracking.get_run(parent_run_id).info.start_time
     elapsed = max(0.0, time.time() - start_ms / 1000) if start_ms else 0.0
-    replanned = planning.fit_time_left(cfg, eplan, elapsed)
+    replanned = evaluation_plan.fit_time_left(cfg, eplan, elapsed)
     if replanned is not eplan:
         logger.info(replanned.announce())
     tracking.log_params({"num_samples": replanned.num_samples, **replanned.params()})

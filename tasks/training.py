@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from difflab import names, planning, provenance, tracking, viz
+from difflab import evaluation_plan, names, planning, provenance, tracking, viz
 from difflab.config import PartBConfig, TrainConfig, flatten_params, workdir
 from difflab.data import MnistData, to_float
 from difflab.locks import file_lock
@@ -81,7 +81,7 @@ def plan_part_b(cfg: PartBConfig, data: DataRef, parent_run_id: str) -> dict[str
         tracking.log_params({f"{STAGES[key].name}.{k}": v for k, v in plan.stable_params().items()}, parent_run_id)
     lines = {key: p.announce() for key, p in plans.items()}
     if cfg.evaluation.enabled:
-        eplan = planning.plan_evaluation(cfg, plans)
+        eplan = evaluation_plan.plan_evaluation(cfg, plans)
         logger.info(eplan.announce())
         lines["evaluation"] = eplan.announce()
         tracking.log_params({"evaluation.plan.num_samples": eplan.num_samples,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difflab import autotune, fastpath, planning
+from difflab import autotune, evaluation_plan, fastpath, planning
 from difflab.autotune import Candidate, Measured
 from difflab.config import AUTO_FAST, FastPath, PartBConfig
 from difflab.stages import STAGES
@@ -240,12 +240,12 @@ def test_evaluation_samples_planned_to_the_budget(monkeypatch, tmp_path):
     budget = {"judge_share": 0.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
     cfg = _small_cfg(budget_minutes=1, budget=budget)  # evaluation: 12 s; 2 DDPMs x 20 steps at 100/s: 0.4 s each
     plans = {k: planning.resolve_stage(cfg, STAGES[k], x, y, "cpu") for k in ("time", "class")}
-    ep = planning.plan_evaluation(cfg, plans)
+    ep = evaluation_plan.plan_evaluation(cfg, plans)
     assert ep.source == "budget" and ep.num_samples == 30 and ep.num_samples % 10 == 0
     assert ep.seconds_per_sample == {"time_ddpm": pytest.approx(0.2), "class_ddpm": pytest.approx(0.2)}
-    assert planning.plan_evaluation(_small_cfg(budget_minutes=0.01, budget=budget), plans).num_samples == 20  # floor
+    assert evaluation_plan.plan_evaluation(_small_cfg(budget_minutes=0.01, budget=budget), plans).num_samples == 20  # floor
     fixed = _small_cfg(budget_minutes=1, budget=budget, evaluation={"budget_samples": False, "num_samples": 70})
-    assert planning.plan_evaluation(fixed, plans).num_samples == 70  # an explicit num_samples is kept
+    assert evaluation_plan.plan_evaluation(fixed, plans).num_samples == 70  # an explicit num_samples is kept
 
 
 def test_evaluation_replanned_from_the_time_left():
@@ -253,16 +253,16 @@ def test_evaluation_replanned_from_the_time_left():
     (issue 17: run 2 ended 47 s over budget, the evaluation alone 29 s over its share)."""
     budget = {"judge_share": 0.1, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
     cfg = _small_cfg(budget_minutes=10, budget=budget, evaluation={"min_samples": 20})  # 600 s, evaluation 120 s
-    start = planning.EvalPlan(200, "budget", 120.0, {"time_ddpm": 0.2, "class_ddpm": 0.3}, 100.0)
+    start = evaluation_plan.EvalPlan(200, "budget", 120.0, {"time_ddpm": 0.2, "class_ddpm": 0.3}, 100.0)
     # on time: 480 s used, 600 - 480 - 12 kept back = 108 s at 0.5 s per sample -> 216, capped at the 200 planned
-    assert planning.fit_time_left(cfg, start, 480.0).num_samples == 200
-    late = planning.fit_time_left(cfg, start, 540.0)  # 60 s late: 48 s left -> 96 -> 90 (a multiple of 10)
+    assert evaluation_plan.fit_time_left(cfg, start, 480.0).num_samples == 200
+    late = evaluation_plan.fit_time_left(cfg, start, 540.0)  # 60 s late: 48 s left -> 96 -> 90 (a multiple of 10)
     assert late.num_samples == 90 and late.estimate_s == pytest.approx(45.0)
     assert late.params()["plan.num_samples"] == 90 and late.params()["plan.num_samples_at_start"] == 200
     assert "90 samples per DDPM (planned 200 at start)" in late.announce()
-    assert planning.fit_time_left(cfg, start, 700.0).num_samples == 20  # over budget already: the floor
-    fixed = planning.EvalPlan(70, "config", None, {"time_ddpm": 0.2}, 14.0)
-    assert planning.fit_time_left(cfg, fixed, 700.0) is fixed  # an explicit num_samples is kept
+    assert evaluation_plan.fit_time_left(cfg, start, 700.0).num_samples == 20  # over budget already: the floor
+    fixed = evaluation_plan.EvalPlan(70, "config", None, {"time_ddpm": 0.2}, 14.0)
+    assert evaluation_plan.fit_time_left(cfg, fixed, 700.0) is fixed  # an explicit num_samples is kept
 
 
 # -- config: explicit epochs pin, dumped configs round-trip ----------------------------------------------------

@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+from servers import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLER = ROOT / "scripts" / "install_chromium.sh"
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -268,12 +270,5 @@ def chromium(exe: str, width: int = 1280, height: int = 1000) -> Iterator[Page]:
     finally:
         if page is not None:
             page.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+        stop_group(proc)
         shutil.rmtree(profile, ignore_errors=True)

@@ -211,7 +211,7 @@ def test_epochs_planned_to_the_budget_between_floor_and_ceiling(monkeypatch, tmp
     _capability(monkeypatch, **AVX2_ONLY)
     _fake(monkeypatch, {"plain eager": 100.0})  # every lever slower: plain, at 100 img/s and 100 img-steps/s
     x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    budget = {"epoch_overhead_s": 0.0, "probe_max_s": 1.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5,
+    budget = {"epoch_overhead_s": 0.0, "probe_max_s": 1.0, "overhead_share": 0.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5,
                                                                       "evaluation": 0.2}}
     cfg = _small_cfg(budget_minutes=10, budget=budget)
     plan = planning.resolve_stage(cfg, STAGES["class"], x, y, "cpu", n_train=1000)
@@ -237,7 +237,7 @@ def test_evaluation_samples_planned_to_the_budget(monkeypatch, tmp_path):
     _capability(monkeypatch, **AVX2_ONLY)
     _fake(monkeypatch, {"plain eager": 100.0})
     x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    budget = {"judge_share": 0.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
+    budget = {"judge_share": 0.0, "overhead_share": 0.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
     cfg = _small_cfg(budget_minutes=1, budget=budget)  # evaluation: 12 s; 2 DDPMs x 20 steps at 100/s: 0.4 s each
     plans = {k: planning.resolve_stage(cfg, STAGES[k], x, y, "cpu") for k in ("time", "class")}
     ep = evaluation_plan.plan_evaluation(cfg, plans)
@@ -248,10 +248,27 @@ def test_evaluation_samples_planned_to_the_budget(monkeypatch, tmp_path):
     assert evaluation_plan.plan_evaluation(fixed, plans).num_samples == 70  # an explicit num_samples is kept
 
 
+def test_the_overhead_share_is_set_aside_before_the_stages_split_the_budget(monkeypatch, tmp_path):
+    """budget.overhead_share pays what no stage plan models (sample runs' figures, the judge, start-up): a stage
+    plans its epochs in its share of the rest."""
+    monkeypatch.setenv("DIFFLAB_WORKDIR", str(tmp_path))
+    _capability(monkeypatch, **AVX2_ONLY)
+    _fake(monkeypatch, {"plain eager": 100.0})
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    shares = {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}
+    plans = {}
+    for overhead in (0.0, 0.5):
+        cfg = _small_cfg(budget_minutes=2, budget={"epoch_overhead_s": 0.0, "probe_max_s": 1.0, "shares": shares,
+                                                   "overhead_share": overhead})
+        plans[overhead] = planning.resolve_stage(cfg, STAGES["class"], x, y, "cpu", n_train=1000)
+    assert plans[0.0].stage_budget_s == pytest.approx(60.0) and plans[0.5].stage_budget_s == pytest.approx(30.0)
+    assert plans[0.0].epochs == 5 and plans[0.5].epochs < plans[0.0].epochs  # 60 s - 1 - 6 = 53 s: 5 epochs
+
+
 def test_evaluation_replanned_from_the_time_left():
     """Stages that overran their shares leave the evaluation less: it draws what fits the rest of the budget
     (issue 17: run 2 ended 47 s over budget, the evaluation alone 29 s over its share)."""
-    budget = {"judge_share": 0.1, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
+    budget = {"judge_share": 0.1, "overhead_share": 0.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
     cfg = _small_cfg(budget_minutes=10, budget=budget, evaluation={"min_samples": 20})  # 600 s, evaluation 120 s
     start = evaluation_plan.EvalPlan(200, "budget", 120.0, {"time_ddpm": 0.2, "class_ddpm": 0.3}, 100.0)
     # on time: 480 s used, 600 - 480 - 12 kept back = 108 s at 0.5 s per sample -> 216, capped at the 200 planned

@@ -5,12 +5,9 @@ Chromium lists them side by side, and `difflab generate` draws from the champion
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -18,6 +15,7 @@ import numpy as np
 import pytest
 
 import browser
+from servers import stop_group, wait_until_up
 from difflab import tracking
 from difflab.stages import STAGES
 from test_generator import tiny_checkpoint
@@ -63,27 +61,10 @@ def mlflow_server(store):
                             start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start (exit {proc.poll()}); see {log.name}")
-            time.sleep(0.5)
+        wait_until_up(proc, url + "/health", SERVER_START_S, lambda: f"see {log.name}")
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import browser
+from servers import stop_group, wait_until_up
 from difflab import page as report_page
 
 TINY_A = {"num_inference_steps": [5, 10], "sdedit_i_starts": [1, 3, 5], "i_start": 5, "num_samples": 2}
@@ -147,25 +146,10 @@ def mlflow_server(pipeline_run):
                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start (exit {proc.poll()}); see {log.name}")
-            time.sleep(0.5)
+        wait_until_up(proc, url + "/health", SERVER_START_S, lambda: f"see {log.name}")
         yield url
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=10)  # mlflow server can take 20 s to honour SIGTERM: bounded, then killed
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+        stop_group(proc)  # mlflow server can take 20 s to honour SIGTERM: bounded, then killed
         log.close()
 
 

@@ -12,12 +12,10 @@ untrained tiny model: every check runs except the judge's reading, which is skip
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 import torch
 
 from difflab import tracking
+from servers import stop_group, wait_until_up
 from difflab.judge import judge_predict, load_judge
 from test_generator import tiny_checkpoint
 
@@ -73,29 +72,14 @@ def server(champion):
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError(f"mlflow models serve did not start (exit {proc.poll()}): "
-                                   f"{(champion['folder'] / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        def why() -> str:
+            log.flush()
+            return (champion["folder"] / "serve.log").read_text()[-3000:]
+
+        wait_until_up(proc, url + "/ping", SERVER_START_S, why)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+        stop_group(proc, grace_s=20)
         log.close()
 
 

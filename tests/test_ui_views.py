@@ -182,14 +182,12 @@ def two_runs_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ui_server(two_runs_store):
-    import contextlib
     import os
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     from ops.stack import free_port
+    from servers import stop_group, wait_until_up
 
     port, folder = free_port(), two_runs_store["folder"]
     log = open(folder / "mlflow-server.log", "wb")
@@ -200,25 +198,10 @@ def ui_server(two_runs_store):
                             start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start (exit {proc.poll()}); see {log.name}")
-            time.sleep(0.5)
+        wait_until_up(proc, url + "/health", SERVER_START_S, lambda: f"see {log.name}")
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 

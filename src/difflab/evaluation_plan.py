@@ -63,7 +63,7 @@ def plan_evaluation(cfg: PartBConfig, plans: dict[str, StagePlan]) -> EvalPlan:
             per_sample[st.name] = st.config(cfg).num_timesteps / plan.sample_rate
     total = sum(per_sample.values())
     if ev.budget_samples and cfg.budget_minutes and total:
-        budget_s = cfg.budget_minutes * 60 * cfg.budget.shares["evaluation"]
+        budget_s = cfg.budget.seconds(cfg.budget_minutes, "evaluation")
         n = autotune.plan_samples(budget_s * (1 - cfg.budget.judge_share), total, ev.min_samples, ev.num_samples)
         return EvalPlan(n, "budget", budget_s, per_sample, n * total)
     return EvalPlan(ev.num_samples, "config", None, per_sample, ev.num_samples * total)
@@ -80,7 +80,7 @@ def fit_time_left(cfg: PartBConfig, eplan: EvalPlan, elapsed_s: float) -> EvalPl
     if eplan.source != "budget" or not cfg.budget_minutes:
         return eplan
     per_sample = sum(eplan.seconds_per_sample.values())
-    keep_back = cfg.budget_minutes * 60 * cfg.budget.shares["evaluation"] * cfg.budget.judge_share
+    keep_back = cfg.budget.seconds(cfg.budget_minutes, "evaluation") * cfg.budget.judge_share
     left = cfg.budget_minutes * 60 - elapsed_s - keep_back
     n = autotune.plan_samples(left, per_sample, cfg.evaluation.min_samples, eplan.num_samples)
     return EvalPlan(n, eplan.source, eplan.budget_s, eplan.seconds_per_sample, n * per_sample,

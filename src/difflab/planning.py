@@ -303,7 +303,7 @@ def resolve_stage(cfg: PartBConfig, stage, images: torch.Tensor, labels: torch.T
     n_train = n_train if n_train is not None else len(labels)
     plan_epochs = bool(scfg.budget_epochs and cfg.budget_minutes)
     generative = bool(stage.generative)
-    stage_budget = cfg.budget_minutes * 60 * cfg.budget.shares[stage.key] if cfg.budget_minutes else None
+    stage_budget = cfg.budget.seconds(cfg.budget_minutes, stage.key) if cfg.budget_minutes else None
     probe_budget = min(cfg.budget.probe_max_s, cfg.budget.probe_share * stage_budget) if stage_budget \
         else cfg.budget.probe_max_s
     bf16 = autotune.bf16_native(device)

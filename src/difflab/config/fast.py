@@ -93,3 +93,14 @@ class Budget(_Strict):
     """Per-epoch cost besides the optimizer steps (checkpoints, logging), in the epoch plan."""
     judge_share: float = Field(0.1, ge=0, lt=1)
     """Share of the evaluation's budget kept for the judge and the Frechet distances, not sampling."""
+    overhead_share: float = Field(0.15, ge=0, lt=1)
+    """Share of the whole budget set aside before `shares` split the rest: the work no stage plan models (loading
+    the data and probing, each sample run's trajectory, GIF and logging, the judge's first training, the
+    denoiser's numbers, flow and task start-up). Measured on the 2-core AVX2 EPYC, two quick runs: 95 s of the
+    600 (plan 20 s, sample runs 37 s, judge 20 s, denoiser numbers 6 s, the rest start-up), while the stages'
+    own estimates held within 0-27 % in one run and 16-49 % short in the next; the evaluation's re-plan from
+    the time left (difflab.evaluation_plan.fit_time_left) absorbs what remains, down to its minimum samples."""
+
+    def seconds(self, budget_minutes: float, part: str) -> float:
+        """Seconds of `budget_minutes` for `part` (a key of `shares`): its share of what the overhead leaves."""
+        return budget_minutes * 60 * (1 - self.overhead_share) * self.shares[part]

@@ -268,7 +268,7 @@ def test_the_overhead_share_is_set_aside_before_the_stages_split_the_budget(monk
 def test_evaluation_replanned_from_the_time_left():
     """Stages that overran their shares leave the evaluation less: it draws what fits the rest of the budget
     (issue 17: run 2 ended 47 s over budget, the evaluation alone 29 s over its share)."""
-    budget = {"judge_share": 0.1, "overhead_share": 0.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
+    budget = {"judge_share": 0.1, "overhead_share": 0.0, "sampling_margin": 1.0, "shares": {"denoiser": 0.1, "time": 0.2, "class": 0.5, "evaluation": 0.2}}
     cfg = _small_cfg(budget_minutes=10, budget=budget, evaluation={"min_samples": 20})  # 600 s, evaluation 120 s
     start = evaluation_plan.EvalPlan(200, "budget", 120.0, {"time_ddpm": 0.2, "class_ddpm": 0.3}, 100.0)
     # on time: 480 s used, 600 - 480 - 12 kept back = 108 s at 0.5 s per sample -> 216, capped at the 200 planned
@@ -278,6 +278,8 @@ def test_evaluation_replanned_from_the_time_left():
     assert late.params()["plan.num_samples"] == 90 and late.params()["plan.num_samples_at_start"] == 200
     assert "90 samples per DDPM (planned 200 at start)" in late.announce()
     assert evaluation_plan.fit_time_left(cfg, start, 700.0).num_samples == 20  # over budget already: the floor
+    careful = _small_cfg(budget_minutes=10, evaluation={"min_samples": 20}, budget={**budget, "sampling_margin": 1.5})
+    assert evaluation_plan.fit_time_left(careful, start, 540.0).num_samples == 60  # 48 s / 1.5 = 32 s -> 64 -> 60
     fixed = evaluation_plan.EvalPlan(70, "config", None, {"time_ddpm": 0.2}, 14.0)
     assert evaluation_plan.fit_time_left(cfg, fixed, 700.0) is fixed  # an explicit num_samples is kept
 

@@ -74,7 +74,8 @@ def fit_time_left(cfg: PartBConfig, eplan: EvalPlan, elapsed_s: float) -> EvalPl
     after `elapsed_s` seconds of Part B (the stages, the judge): the plan made at start cannot see the
     stages' overruns (snapshot figures, logging the models, a busy minute), so the evaluation absorbs them.
     Keeps back `budget.judge_share` of the evaluation's budget for what follows the sampling (the judge's
-    predictions, the Frechet distances, the promotion). Never more samples than planned at start (a rerun
+    predictions, the Frechet distances, the promotion), and plans the sampling to take the time left divided
+    by `budget.sampling_margin` at the probed speed (the sampling ran up to 1.47x slower than probed). Never more samples than planned at start (a rerun
     that reuses its stages draws what the first run planned), never fewer than `evaluation.min_samples`.
     Unchanged when the samples were not planned from the budget."""
     if eplan.source != "budget" or not cfg.budget_minutes:
@@ -82,6 +83,7 @@ def fit_time_left(cfg: PartBConfig, eplan: EvalPlan, elapsed_s: float) -> EvalPl
     per_sample = sum(eplan.seconds_per_sample.values())
     keep_back = cfg.budget.seconds(cfg.budget_minutes, "evaluation") * cfg.budget.judge_share
     left = cfg.budget_minutes * 60 - elapsed_s - keep_back
-    n = autotune.plan_samples(left, per_sample, cfg.evaluation.min_samples, eplan.num_samples)
+    n = autotune.plan_samples(left / cfg.budget.sampling_margin, per_sample, cfg.evaluation.min_samples,
+                              eplan.num_samples)
     return EvalPlan(n, eplan.source, eplan.budget_s, eplan.seconds_per_sample, n * per_sample,
                     planned_at_start=eplan.num_samples, seconds_left=round(left, 1))

@@ -101,6 +101,11 @@ class Budget(_Strict):
     own estimates held within 0-27 % in one run and 16-49 % short in the next; the evaluation's re-plan from
     the time left (difflab.evaluation_plan.fit_time_left) absorbs what remains, down to its minimum samples."""
 
+    sampling_margin: float = Field(1.3, ge=1)
+    """The evaluation's re-plan fits its samples into the time left divided by this: the evaluation's sampling ran
+    1.05-1.47x longer than its probe predicts in four quick runs on the 2-core AVX2 EPYC (its batch of 100-220,
+    doubled by the guidance, against the probe's 100), and it is the last step before the budget ends."""
+
     def seconds(self, budget_minutes: float, part: str) -> float:
         """Seconds of `budget_minutes` for `part` (a key of `shares`): its share of what the overhead leaves."""
         return budget_minutes * 60 * (1 - self.overhead_share) * self.shares[part]

@@ -96,21 +96,32 @@ def build_config(config_ref: str, args: argparse.Namespace):
     return load(config_ref).model_validate(deep_merge(raw, overrides))
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", help="named profile: auto (default), course, quick or tiny")
+SET_EXAMPLES = {PART_B_CONFIG: "class_ddpm.epochs=3", "difflab.config:PipelineConfig": "part_b.class_ddpm.epochs=3",
+                "difflab.config:PartAConfig": "guidance=5.0", "difflab.config:CompareConfig": "output_dir=cmp"}
+"""An override each command's config really takes, for its --help."""
+
+
+def _add_common(p: argparse.ArgumentParser, config_ref: str) -> None:
+    """The options every flow command shares; --profile, --force and --device only where its config has them."""
+    fields = load(config_ref).model_fields
+    if "profile" in fields:
+        p.add_argument("--profile", help="named profile: auto (default), course, quick or tiny")
+    example = f", e.g. --set {SET_EXAMPLES[config_ref]}" if config_ref in SET_EXAMPLES else ""
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config value, e.g. --set class_ddpm.epochs=3 (repeatable)")
+                   help=f"override any config value (--print-config shows the keys){example} (repeatable)")
     p.add_argument("--config", help="a JSON or YAML file of config values (overrides apply on top)")
-    p.add_argument("--force", action="store_true", default=None, help="retrain stages even if unchanged")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
+    if "force" in fields:
+        p.add_argument("--force", action="store_true", default=None, help="retrain stages even if unchanged")
+    if "device" in fields:
+        p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, (_, _, help_text) in FLOWS.items():
-        _add_common(sub.add_parser(name, help=help_text))
+    for name, (_, config_ref, help_text) in FLOWS.items():
+        _add_common(sub.add_parser(name, help=help_text, description=help_text), config_ref)
     sub.add_parser("stack", help="start/stop the local Prefect + MLflow stack (difflab stack --help)")
     sub.add_parser("runs", help="run housekeeping: `difflab runs doctor` ends runs whose process died")
     sub.add_parser("report", help="write a run's write-up page, or two runs side by side (difflab report --help)")

@@ -29,11 +29,39 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of the message (pydantic's: its first error in full)."""
+    """The first line of the message; for a config that does not validate (pydantic's ValidationError), its
+    first error as `key: what is wrong`, with the fix for an unknown key (the nearest known one, and
+    --print-config for them all)."""
+    if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):
+        return _config_error(exc)
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return " ".join(lines[:3]) if type(exc).__name__ == "ValidationError" else lines[0]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _config_error(exc) -> str:
+    first = exc.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if first["type"] != "extra_forbidden":
+        return f"{exc.title}: {key}: {msg}{more}" if key else f"{exc.title}: {msg}{more}"
+    import difflib
+
+    siblings = _known_keys(exc.title, first["loc"][:-1])
+    near = difflib.get_close_matches(str(first["loc"][-1]), siblings, n=1)
+    hint = f"did you mean {'.'.join([*map(str, first['loc'][:-1]), near[0]])}? " if near else ""
+    return f"{exc.title}: {key}: no such setting; {hint}--print-config lists every key{more}"
+
+
+def _known_keys(title: str, parent: tuple) -> list[str]:
+    """The field names a config class (by its title) has at `parent` (a path of field names)."""
+    import difflab.config as config
+
+    cls = getattr(config, title, None)
+    for part in parent:
+        field = getattr(cls, "model_fields", {}).get(str(part))
+        cls = getattr(field, "annotation", None) if field else None
+    return list(getattr(cls, "model_fields", {}) or [])
 
 
 def _chain(exc: BaseException | None):

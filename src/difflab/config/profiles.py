@@ -26,7 +26,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # samples per DDPM in 61 s / 134 s instead of 126 s / 346 s through the frozen fp32 network, with
         # the same judged numbers (class agreement 99.7 %, worst digit 98 %, Frechet 13.3x vs 13.5x and
         # 38.5x vs 37.8x the floor on the same models).
-        # Quality ablation (README), evaluation on 1,000 samples: the time freed by the fast path buys epochs.
+        # Quality ablation (docs/measurements.md), evaluation on 1,000 samples: the time freed by the fast path buys epochs.
         # Denoiser 5 -> 20 epochs: PSNR at sigma 0.5 18.9 -> 20.3 dB (+43 s; D=32 for 10 epochs gave 19.6).
         # Time DDPM 12 -> 36 epochs with an EMA of 0.995: Frechet 37.8x -> 16.4x the floor, rarest digit
         # 2.6 % -> 4.8 % (+90 s; 36 epochs without the EMA: 22.3x, 3.5 %). The class DDPM keeps its 46

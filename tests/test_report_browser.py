@@ -7,6 +7,7 @@ profile's T = 20 (its defaults, 20 and 50 steps, are meant for T = 300).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -201,11 +202,16 @@ def test_mlflow_chart_view_image_grid_shows_the_pipelines_stepped_samples(pipeli
     exp = run.info.experiment_id
     with browser.chromium(chromium_exe, width=1600, height=1300) as page:
         page.goto(f"{mlflow_server}/#/experiments/{exp}/runs?{tracking.UI_MODEL_TRAINING}&compareRunsMode=CHART")
+        # the Image grid's picker lists the images of the runs loaded when it opens: wait for the run's row first
+        assert page.wait_for(f"document.body.innerText.includes({json.dumps(run.info.run_name)})", timeout=90)
+        page.pump(3)
         assert page.click_text("button", "Add chart", timeout=90), "no Add chart button in the chart view"
         assert page.click_text("[role=menuitem]", "Image grid"), "no Image grid chart type"
         assert page.click_text("[role=dialog] [role=combobox]", "Images"), "no image picker"
-        keys = page.evaluate("[...document.querySelectorAll('[role=option]')].map(o => o.innerText.trim())")
-        assert set(IMAGE_GRID_KEYS) <= set(keys), keys
+        # the picker fills in once the UI has listed the runs' images (seconds after the dialog opens)
+        keys = page.wait_for("(() => { const k = [...document.querySelectorAll('[role=option]')]"
+                             ".map(o => o.innerText.trim()); return k.length ? k : null; })()", timeout=60)
+        assert set(IMAGE_GRID_KEYS) <= set(keys or []), keys
         assert page.click_text("[role=option]", "class_ddpm.samples")
         page.key("Escape", 27)
         page.evaluate("document.querySelector('[role=dialog] [role=switch]').click()")  # run params off: the image

@@ -39,3 +39,30 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
         proc.wait(timeout=10)
+
+
+MLFLOW_SERVER_START_S = 180.0
+
+
+@contextlib.contextmanager
+def mlflow_server(folder, uri: str, start_s: float = MLFLOW_SERVER_START_S):
+    """A real `mlflow server` (the venv's, one worker) on a free loopback port over the store `uri`, run in
+    `folder` with its log at folder/mlflow-server.log; yields its address, stopped after."""
+    import sys
+    from pathlib import Path
+
+    from ops.stack import free_port
+
+    port = free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    with open(Path(folder) / "mlflow-server.log", "wb") as log:
+        proc = subprocess.Popen([str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port",
+                                 str(port), "--backend-store-uri", uri, "--workers", "1"],
+                                cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(proc, url + "/health", start_s, lambda: f"see {log.name}")
+            yield url
+        finally:
+            stop_group(proc)

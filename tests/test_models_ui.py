@@ -6,8 +6,6 @@ Chromium lists them side by side, and `difflab generate` draws from the champion
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 
 import browser
-from servers import stop_group, wait_until_up
+import servers
 from difflab import tracking
 from difflab.stages import STAGES
 from test_generator import tiny_checkpoint
@@ -50,22 +48,8 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mlflow_server(store):
-    from ops.stack import free_port
-
-    port = free_port()
-    log = open(store["folder"] / "mlflow-server.log", "wb")
-    exe = Path(sys.executable).parent / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", store["uri"], "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=store["folder"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(proc, url + "/health", SERVER_START_S, lambda: f"see {log.name}")
+    with servers.mlflow_server(store["folder"], store["uri"], SERVER_START_S) as url:
         yield url
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 def test_search_logged_models_ranks_the_checkpoints(store):

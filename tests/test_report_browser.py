@@ -8,15 +8,12 @@ profile's T = 20 (its defaults, 20 and 50 steps, are meant for T = 300).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import browser
-from servers import stop_group, wait_until_up
+import servers
 from difflab import page as report_page
 
 TINY_A = {"num_inference_steps": [5, 10], "sdedit_i_starts": [1, 3, 5], "i_start": 5, "num_samples": 2}
@@ -135,23 +132,8 @@ def test_report_cli_default_run_and_two_side_by_side(pipeline_run, chromium_exe,
 @pytest.fixture
 def mlflow_server(pipeline_run):
     """A real `mlflow server` on a free loopback port over the run's sqlite store; stopped after."""
-    from ops.stack import free_port
-
-    port = free_port()
-    log = open(pipeline_run["folder"] / "mlflow-server.log", "wb")
-    exe = Path(sys.executable).parent / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", pipeline_run["uri"], "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=pipeline_run["folder"], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(proc, url + "/health", SERVER_START_S, lambda: f"see {log.name}")
+    with servers.mlflow_server(pipeline_run["folder"], pipeline_run["uri"], SERVER_START_S) as url:
         yield url
-    finally:
-        stop_group(proc)  # mlflow server can take 20 s to honour SIGTERM: bounded, then killed
-        log.close()
 
 
 def test_page_inside_the_mlflow_ui_artifact_view(pipeline_run, mlflow_server, chromium_exe, tmp_path):

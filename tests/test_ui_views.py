@@ -182,27 +182,10 @@ def two_runs_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ui_server(two_runs_store):
-    import os
-    import subprocess
-    import sys
+    from servers import mlflow_server
 
-    from ops.stack import free_port
-    from servers import stop_group, wait_until_up
-
-    port, folder = free_port(), two_runs_store["folder"]
-    log = open(folder / "mlflow-server.log", "wb")
-    exe = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen([str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port",
-                             str(port), "--backend-store-uri", two_runs_store["uri"], "--workers", "1"],
-                            cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(proc, url + "/health", SERVER_START_S, lambda: f"see {log.name}")
+    with mlflow_server(two_runs_store["folder"], two_runs_store["uri"], SERVER_START_S) as url:
         yield url
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 def test_the_view_shows_each_stage_snapshot_of_both_runs(two_runs_store, ui_server, tmp_path):

@@ -106,3 +106,27 @@ def test_server_killed_mid_run_fails_fast_and_keeps_checkpoints(tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("difflab: error:")]
     assert len(errors) == 1 and "lost the MLflow tracking server" in errors[0] and "rerun" in errors[0]
     assert list(tmp_path.glob(".difflab/checkpoints/*/last.pt"))  # kept for the resume
+
+
+def test_ui_hint_names_an_mlflow_the_shell_finds(tmp_path, monkeypatch):
+    """`make run` leaves its venv off PATH: the run's last line names .venv/bin/mlflow, not a bare `mlflow` the
+    shell cannot find; with the venv on PATH it says plain `mlflow`; `make ui` only beside a Makefile."""
+    from difflab.tracking import query
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "mlflow").write_text("#!/bin/sh\n")
+    (venv_bin / "mlflow").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(query.mlflow, "get_tracking_uri", lambda: "sqlite:///mlflow.db")
+    assert query.mlflow_command() == ".venv/bin/mlflow"
+    assert "run `.venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db` and open" in query.ui_hint()
+    assert "make ui" not in query.ui_hint()
+    (tmp_path / "Makefile").write_text("ui:\n")
+    assert "(or `make ui`)" in query.ui_hint()
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+    assert query.mlflow_command() == "mlflow"
+    monkeypatch.setattr(query.mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000")
+    assert query.ui_hint().startswith("open http://127.0.0.1:5000/#/experiments?")

@@ -210,7 +210,8 @@ def test_generate_writes_the_grid_and_tensors_through_the_pyfunc(registered, tmp
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--model", f"models:/{CLASS}@nope"], ["models:/difflab-class-ddpm@nope", "not in the registry"]),
+    (["--model", f"models:/{CLASS}@nope"], ["models:/difflab-class-ddpm@nope", "not in the registry",
+                                            "passes the quality gate", "tiny runs never promote"]),
     (["--model", f"models:/{CLASS}/7"], ["models:/difflab-class-ddpm/7", "not in the registry"]),
     (["--model", "models:/no-such-model/1"], ["not in the registry"]),
     (["--model", f"models:/{DENOISER}/1"], ["denoiser"]),
@@ -226,6 +227,13 @@ def test_generate_refuses_in_one_line(registered, tmp_path, capsys, args, words)
     assert len(err) == 1 and err[0].startswith("difflab: error: ")
     assert all(w in err[0] for w in words), err[0]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_missing_version_is_not_told_about_aliases(registered, tmp_path, capsys):
+    from difflab.cli import main
+
+    assert main(["generate", "--model", f"models:/{CLASS}/7", "-o", str(tmp_path / "x.png")]) == 2
+    assert "quality gate" not in capsys.readouterr().err
 
 
 def test_generate_without_a_store_says_where_it_looked(tmp_path, monkeypatch, capsys):

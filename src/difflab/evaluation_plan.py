@@ -75,8 +75,9 @@ def fit_time_left(cfg: PartBConfig, eplan: EvalPlan, elapsed_s: float) -> EvalPl
     stages' overruns (snapshot figures, logging the models, a busy minute), so the evaluation absorbs them.
     Keeps back `budget.judge_share` of the evaluation's budget for what follows the sampling (the judge's
     predictions, the Frechet distances, the promotion), and plans the sampling to take the time left divided
-    by `budget.sampling_margin` at the probed speed (the sampling ran up to 1.47x slower than probed). Never more samples than planned at start (a rerun
-    that reuses its stages draws what the first run planned), never fewer than `evaluation.min_samples`.
+    by `budget.sampling_margin` at the probed speed (the sampling ran up to 1.47x slower than probed). Never
+    more samples than planned at start (a rerun that reuses its stages draws what the first run planned), never
+    fewer than `evaluation.min_samples`.
     Unchanged when the samples were not planned from the budget."""
     if eplan.source != "budget" or not cfg.budget_minutes:
         return eplan

@@ -149,9 +149,11 @@ def load_pyfunc(uri: str):
     except mlflow.exceptions.MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(exc):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            alias = ("; an alias such as @champion is set only when a run passes the quality gate (tiny runs never "
+                     "promote; the run's 'model promotion' line says why)") if "@" in uri else ""
             raise ModelNotFound(f"{uri} is not in the registry at {mlflow.get_registry_uri()} ({first}); list "
-                                "the models and aliases with `mlflow ui` (Models page) or give another version, "
-                                "e.g. models:/difflab-class-ddpm/latest") from None
+                                "the models and aliases in the MLflow UI's Models page or give another "
+                                f"version, e.g. models:/difflab-class-ddpm/latest{alias}") from None
         raise
 
 

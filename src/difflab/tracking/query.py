@@ -4,6 +4,8 @@ person opens them at."""
 from __future__ import annotations
 
 import contextlib
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -107,11 +109,31 @@ def artifact_url(run_id: str, path: str) -> str:
     return run_url(run_id).replace(f"?{UI_MODEL_TRAINING}", f"/artifacts/{path}?{UI_MODEL_TRAINING}")
 
 
+MAKE_UI_STORE = "sqlite:///mlflow.db"
+"""The store the Makefile's `ui` target serves (the default store, relative to the repository)."""
+
+
+def mlflow_command() -> str:
+    """How a shell calls this Python's `mlflow`: `mlflow` where PATH finds this one (an activated venv), else
+    its path (`.venv/bin/mlflow` after `make run`, whose venv is not on PATH)."""
+    here = Path(sys.executable).parent / "mlflow"
+    found = shutil.which("mlflow")
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return "mlflow"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
+
+
 def ui_hint() -> str:
+    """Where to browse the runs: the server's address, or the command that serves a local store."""
     uri = mlflow.get_tracking_uri()
     if uri.startswith("http"):
         return f"open {uri}/#/experiments?{UI_MODEL_TRAINING} to browse runs"
-    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/#/experiments?{UI_MODEL_TRAINING}"
+    make = " (or `make ui`)" if uri == MAKE_UI_STORE and Path("Makefile").exists() else ""
+    return (f"run `{mlflow_command()} ui --backend-store-uri {uri}`{make} and open "
+            f"http://127.0.0.1:5000/#/experiments?{UI_MODEL_TRAINING}")
 
 
 _STEP_SEPARATORS = ("+step+", "%step%")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-EPOCHS = 40
+EPOCHS = 12
 ARGS = ["train-time-ddpm", "--profile", "tiny", "--set", "data.max_train=128", "--set", f"time_ddpm.epochs={EPOCHS}",
         "--set", f"time_ddpm.snapshot_epochs=[1,{EPOCHS}]", "--set", "tracking.register_models=false"]
 

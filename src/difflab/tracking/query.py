@@ -14,7 +14,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from difflab.names import CACHE_KEY_TAG, REUSED_TAG
-from difflab.tracking.store import UI_MODEL_TRAINING
+from difflab.tracking.store import DEFAULT_TRACKING_URI, UI_MODEL_TRAINING
 
 
 def find_cached_run(experiment: str, cache_key: str) -> str | None:
@@ -109,10 +109,6 @@ def artifact_url(run_id: str, path: str) -> str:
     return run_url(run_id).replace(f"?{UI_MODEL_TRAINING}", f"/artifacts/{path}?{UI_MODEL_TRAINING}")
 
 
-MAKE_UI_STORE = "sqlite:///mlflow.db"
-"""The store the Makefile's `ui` target serves (the default store, relative to the repository)."""
-
-
 def mlflow_command() -> str:
     """How a shell calls this Python's `mlflow`: `mlflow` where PATH finds this one (an activated venv), else
     its path (`.venv/bin/mlflow` after `make run`, whose venv is not on PATH)."""
@@ -131,7 +127,8 @@ def ui_hint() -> str:
     uri = mlflow.get_tracking_uri()
     if uri.startswith("http"):
         return f"open {uri}/#/experiments?{UI_MODEL_TRAINING} to browse runs"
-    make = " (or `make ui`)" if uri == MAKE_UI_STORE and Path("Makefile").exists() else ""
+    # the Makefile's `ui` target serves the default store, relative to the repository
+    make = " (or `make ui`)" if uri == DEFAULT_TRACKING_URI and Path("Makefile").exists() else ""
     return (f"run `{mlflow_command()} ui --backend-store-uri {uri}`{make} and open "
             f"http://127.0.0.1:5000/#/experiments?{UI_MODEL_TRAINING}")
 
